@@ -1,0 +1,387 @@
+"""The imaging QA report: scores.csv, errors.csv and an offline index.html to review flagged images.
+
+The report is written while scoring goes on: CSV rows are appended per batch and each flagged
+image's three thumbnails (input, reconstruction, residual heatmap over the input) are written
+as PNG files under ``thumbs/`` at once, so memory does not grow with the folder size. Only
+the small per-row facts needed to sort the page are kept until :meth:`ReportWriter.close`
+writes ``index.html``. The page links thumbnails by relative path and loads nothing from the
+network, so the report folder can be copied and opened offline.
+
+The heatmap colour scale is fixed (``heatmap_vmax`` in [0, 1] pixel units, default 0.5 = an
+error of half the intensity range is full colour), not stretched per image: a well
+reconstructed image then shows a dark heatmap instead of amplified noise.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import html
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from anomaly.imaging import ImageMeta, ImageReadError
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
+UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+ERROR_COLUMNS = ("path", "frame", "reason", "message")
+THUMB_PX = 112
+
+
+@dataclass
+class _Flagged:
+    score: float
+    row: int
+    meta: ImageMeta
+    components: dict[str, float]
+    thumbs: tuple[str, str, str]
+
+
+@dataclass
+class ReportSummary:
+    """What a report run produced; ``failed_files`` drives the CLI's exit code."""
+
+    out_dir: Path
+    scored: int
+    flagged: int
+    errors: int
+    failed_files: int
+    threshold: float
+    flagged_paths: list[str] = field(default_factory=list)
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """Inferno colours (float RGB) for values in [0, 1]."""
+    from matplotlib import colormaps
+
+    return np.asarray(colormaps["inferno"](np.asarray(values, dtype=np.float64)))[..., :3].astype(
+        np.float32
+    )
+
+
+def _to_uint8_rgb(image: np.ndarray) -> np.ndarray:
+    image = np.clip(image, 0.0, 1.0)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return (image * 255.0 + 0.5).astype(np.uint8)
+
+
+def heatmap_overlay(image: np.ndarray, residual: np.ndarray, vmax: float = 0.5) -> np.ndarray:
+    """The residual |x - x_hat| as inferno colours blended over a grayscale copy of the input.
+
+    Blend weight grows with the residual, so pixels the model reconstructs well show the
+    input and badly reconstructed ones show the heat colour.
+    """
+    gray = image.mean(axis=2) if image.ndim == 3 else image
+    res = residual.mean(axis=2) if residual.ndim == 3 else residual
+    heat = np.clip(res / vmax, 0.0, 1.0)
+    alpha = (0.25 + 0.75 * heat)[:, :, None]
+    base = np.repeat(np.clip(gray, 0.0, 1.0)[:, :, None], 3, axis=2)
+    return base * (1.0 - alpha) + _colormap(heat) * alpha
+
+
+def _save_png(rgb: np.ndarray, path: Path) -> None:
+    Image.fromarray(_to_uint8_rgb(rgb)).save(path, format="PNG", optimize=False)
+
+
+class ReportWriter:
+    """Streams scores.csv / errors.csv and thumbnails; writes index.html on :meth:`close`."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        threshold: float,
+        component_names: Sequence[str],
+        *,
+        heatmap_vmax: float = 0.5,
+        max_table_rows: int = 2000,
+        title: str = "Imaging anomaly report",
+        model: str = "",
+    ):
+        self.out_dir = Path(out_dir)
+        self.thumb_dir = self.out_dir / "thumbs"
+        self.thumb_dir.mkdir(parents=True, exist_ok=True)
+        self.threshold = float(threshold)
+        self.component_names = list(component_names)
+        self.heatmap_vmax = heatmap_vmax
+        self.max_table_rows = max_table_rows
+        self.title = title
+        self.model = model
+        self._rows = 0
+        self._flagged: list[_Flagged] = []
+        self._top: list[tuple[float, int, str, str, bool]] = []
+        self._errors: list[ImageReadError] = []
+        self._failed_files: set[str] = set()
+        self._scores_fh = open(self.out_dir / "scores.csv", "w", newline="", encoding="utf-8")
+        self._scores = csv.writer(self._scores_fh)
+        self._scores.writerow(
+            ["path", "frame", *UID_COLUMNS, "score", *self.component_names, "is_anomaly"]
+        )
+        self._errors_fh = open(self.out_dir / "errors.csv", "w", newline="", encoding="utf-8")
+        self._errors_csv = csv.writer(self._errors_fh)
+        self._errors_csv.writerow(ERROR_COLUMNS)
+
+    def add(
+        self,
+        metas: Sequence[ImageMeta],
+        inputs: np.ndarray,
+        reconstructions: np.ndarray,
+        residuals: np.ndarray,
+        scores: np.ndarray,
+        components: dict[str, np.ndarray],
+    ) -> np.ndarray:
+        """Record one scored batch; returns its is_anomaly flags (score > threshold)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        flags = scores > self.threshold
+        for i, meta in enumerate(metas):
+            row = self._rows
+            self._rows += 1
+            comp = {name: float(components[name][i]) for name in self.component_names}
+            frame = "" if meta.frame is None else str(meta.frame)
+            self._scores.writerow(
+                [
+                    meta.path,
+                    frame,
+                    meta.study_uid,
+                    meta.series_uid,
+                    meta.sop_uid,
+                    f"{scores[i]:.6g}",
+                    *(f"{comp[name]:.6g}" for name in self.component_names),
+                    int(flags[i]),
+                ]
+            )
+            entry = (float(scores[i]), -row, meta.path, frame, bool(flags[i]))
+            if len(self._top) < self.max_table_rows:
+                heapq.heappush(self._top, entry)
+            else:
+                heapq.heappushpop(self._top, entry)
+            if flags[i]:
+                names = tuple(f"{row:07d}_{kind}.png" for kind in ("input", "recon", "heat"))
+                _save_png(inputs[i], self.thumb_dir / names[0])
+                _save_png(reconstructions[i], self.thumb_dir / names[1])
+                _save_png(
+                    heatmap_overlay(inputs[i], residuals[i], self.heatmap_vmax),
+                    self.thumb_dir / names[2],
+                )
+                self._flagged.append(_Flagged(float(scores[i]), row, meta, comp, names))
+        self._scores_fh.flush()
+        return flags
+
+    def add_errors(self, errors: Sequence[ImageReadError]) -> None:
+        """Record files (or frames) that could not be read; the batch goes on."""
+        for err in errors:
+            self._errors.append(err)
+            self._failed_files.add(err.path)
+            frame = "" if err.frame is None else str(err.frame)
+            self._errors_csv.writerow([err.path, frame, err.reason, err.message])
+        self._errors_fh.flush()
+
+    def close(self) -> ReportSummary:
+        """Close the CSV files and write index.html."""
+        self._scores_fh.close()
+        self._errors_fh.close()
+        (self.out_dir / "index.html").write_text(self._render(), encoding="utf-8")
+        flagged = sorted(self._flagged, key=lambda f: (-f.score, f.row))
+        return ReportSummary(
+            out_dir=self.out_dir,
+            scored=self._rows,
+            flagged=len(self._flagged),
+            errors=len(self._errors),
+            failed_files=len(self._failed_files),
+            threshold=self.threshold,
+            flagged_paths=[f.meta.path for f in flagged],
+        )
+
+    def __enter__(self) -> ReportWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._scores_fh.closed:
+            self.close()
+
+    # -----------------------------------------------------------------------------------------
+
+    def _render(self) -> str:
+        esc = html.escape
+        flagged = sorted(self._flagged, key=lambda f: (-f.score, f.row))
+        stops = ", ".join(
+            "rgb({},{},{}) {}%".format(
+                *(int(v * 255) for v in _colormap(np.array([t]))[0]), int(t * 100)
+            )
+            for t in np.linspace(0.0, 1.0, 6)
+        )
+        parts = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{esc(self.title)}</title>",
+            f"<style>{_CSS}.bar{{background:linear-gradient(to right,{stops})}}</style>",
+            "</head><body>",
+            f"<h1>{esc(self.title)}</h1>",
+            '<p class="summary">',
+            f"<b>{self._rows}</b> images scored · <b>{len(flagged)}</b> flagged "
+            f"(score &gt; threshold <b>{self.threshold:.6g}</b>) · "
+            f"<b>{len(self._errors)}</b> unreadable"
+            + (f" · model {esc(self.model)}" if self.model else "")
+            + "</p>",
+            '<p class="legend">Residual heatmap |input − reconstruction|: '
+            f'<span class="bar"></span> 0 … {self.heatmap_vmax:g} (fixed scale, model space)</p>',
+        ]
+        if self._errors:
+            parts.append(f'<h2 id="errors">Unreadable files ({len(self._errors)})</h2>')
+            parts.append(
+                "<table><tr><th>path</th><th>frame</th><th>reason</th><th>message</th></tr>"
+            )
+            for err in self._errors:
+                frame = "" if err.frame is None else str(err.frame)
+                parts.append(
+                    f"<tr class='err'><td>{esc(err.path)}</td><td>{frame}</td>"
+                    f"<td>{esc(err.reason)}</td><td>{esc(err.message)}</td></tr>"
+                )
+            parts.append("</table>")
+        parts.append(f'<h2 id="flagged">Flagged images ({len(flagged)}), highest score first</h2>')
+        if not flagged:
+            parts.append("<p>No image scored above the threshold.</p>")
+        for rank, f in enumerate(flagged, start=1):
+            parts.append(self._card(rank, f))
+        top = sorted(self._top, key=lambda e: (-e[0], -e[1]))
+        shown = (
+            f"top {len(top)} of {self._rows} (all rows are in scores.csv)"
+            if self._rows > len(top)
+            else f"{len(top)}"
+        )
+        parts.append(f'<h2 id="all">All images by score ({shown})</h2>')
+        parts.append("<table><tr><th>#</th><th>path</th><th>frame</th><th>score</th><th></th></tr>")
+        for rank, (score, _, path, frame, flag) in enumerate(top, start=1):
+            cls = " class='flag'" if flag else ""
+            mark = "anomaly" if flag else ""
+            parts.append(
+                f"<tr{cls}><td>{rank}</td><td>{esc(path)}</td><td>{frame}</td>"
+                f"<td>{score:.6g}</td><td>{mark}</td></tr>"
+            )
+        parts.append("</table></body></html>")
+        return "\n".join(parts)
+
+    def _card(self, rank: int, f: _Flagged) -> str:
+        esc = html.escape
+        meta = f.meta
+        label = esc(meta.path) + ("" if meta.frame is None else f" · frame {meta.frame}")
+        uids = "".join(
+            f"<div class='uid'>{name}: {esc(value)}</div>"
+            for name, value in zip(
+                UID_COLUMNS, (meta.study_uid, meta.series_uid, meta.sop_uid), strict=True
+            )
+            if value
+        )
+        comps = " · ".join(f"{esc(k)} {v:.4g}" for k, v in f.components.items())
+        images = "".join(
+            f"<figure><img src='thumbs/{name}' alt='{caption} of {esc(meta.path)}' "
+            f"width='{THUMB_PX}' height='{THUMB_PX}'><figcaption>{caption}</figcaption></figure>"
+            for name, caption in zip(
+                f.thumbs, ("input", "reconstruction", "residual heatmap"), strict=True
+            )
+        )
+        return (
+            f"<section class='card' data-path='{esc(meta.path)}'>"
+            f"<h3>#{rank} {label}</h3>"
+            f"<div class='score'>score <b>{f.score:.6g}</b> &gt; threshold {self.threshold:.6g}"
+            f"<span class='comps'>{comps}</span></div>{uids}"
+            f"<div class='imgs'>{images}</div></section>"
+        )
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}"
+    "h1{font-size:22px;margin:0 0 8px}h2{font-size:18px;margin-top:28px}"
+    "h3{font-size:14px;margin:0 0 4px;word-break:break-all}"
+    ".summary,.legend{font-size:14px}.bar{display:inline-block;width:160px;height:12px;"
+    "vertical-align:middle;border:1px solid #999}"
+    ".card{display:inline-block;vertical-align:top;background:#fff;border:1px solid #ddd;"
+    "border-left:4px solid #c0392b;border-radius:4px;padding:10px;margin:6px;width:380px}"
+    ".score{font-size:13px}.comps{display:block;color:#666;font-size:12px}"
+    ".uid{font-size:11px;color:#555;word-break:break-all}"
+    ".imgs{display:flex;gap:6px;margin-top:6px}figure{margin:0;text-align:center}"
+    "img{image-rendering:pixelated;background:#000;border:1px solid #ccc}"
+    "figcaption{font-size:11px;color:#555}"
+    "table{border-collapse:collapse;font-size:12px;background:#fff}"
+    "td,th{border:1px solid #ddd;padding:3px 6px;text-align:left}"
+    "tr.flag td{background:#fdecea}tr.err td{background:#fff4e5}"
+)
+
+
+def write_report(
+    out_dir: str | Path,
+    metas: Sequence[ImageMeta],
+    inputs: np.ndarray,
+    reconstructions: np.ndarray,
+    residuals: np.ndarray,
+    scores: np.ndarray,
+    components: dict[str, np.ndarray],
+    threshold: float,
+    errors: Sequence[ImageReadError] = (),
+    **kwargs: object,
+) -> ReportSummary:
+    """Whole-array convenience wrapper around :class:`ReportWriter` (one batch)."""
+    with ReportWriter(out_dir, threshold, list(components), **kwargs) as writer:
+        writer.add(metas, inputs, reconstructions, residuals, scores, components)
+        writer.add_errors(errors)
+        return writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering in a real browser
+
+
+def screenshot(
+    html_path: str | Path,
+    png_path: str | Path,
+    width: int = 1280,
+    height: int = 900,
+    chromium: str = CHROMIUM,
+    timeout: float = 90.0,
+) -> Path:
+    """Render ``html_path`` in headless Chromium (network off, fresh profile) to a PNG."""
+    html_path = Path(html_path).resolve()
+    png_path = Path(png_path).resolve()
+    if shutil.which(chromium) is None:
+        raise FileNotFoundError(f"{chromium} not found: apt-get install -y chromium")
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        cmd = [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            f"--screenshot={png_path}",
+            html_path.as_uri(),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0 or not png_path.exists():
+        raise RuntimeError(f"chromium failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return png_path
+
+
+def image_is_blank(png_path: str | Path, min_std: float = 4.0, min_colors: int = 16) -> bool:
+    """True when a screenshot is (nearly) one flat colour, i.e. nothing was rendered."""
+    with Image.open(png_path) as img:
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+    colors = np.unique(rgb.reshape(-1, 3)[:: max(1, rgb.size // 300_000)], axis=0).shape[0]
+    return float(rgb.std()) < min_std or colors < min_colors
