@@ -476,7 +476,7 @@ def iter_images(
     options: PreprocessOptions,
     on_file_done: Callable[[Path], None] | None = None,
 ) -> Iterator[tuple[ImageMeta, np.ndarray] | ImageReadError]:
-    """Preprocessed frames of each file, lazily; errors are yielded, not raised: the batch goes on."""
+    """Preprocessed frames of each file, lazily; errors are yielded (the batch goes on)."""
     for path in paths:
         try:
             for meta, image in read_file(path, options.dicom_window):
