@@ -1,0 +1,170 @@
+"""Alert and score messages: what downstream fraud tooling receives, as JSON.
+
+The alert format is pinned by ``anomaly/schemas/alert.schema.json`` (and the per-record score
+message by ``score.schema.json``); tests validate produced messages against them. An alert
+carries the source topic/partition/offset, so a consumer can de-duplicate the replays that
+at-least-once delivery allows (``alert_id`` is exactly that triple). Input fields are copied
+only when named in the allow-list: a fraud alert must not leak a whole card record by default.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import orjson
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a record came from, as Kafka reported it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def encode_key(key: bytes | None) -> tuple[str | None, str | None]:
+    """A Kafka key as JSON text: UTF-8 when it decodes, else base64 (with the encoding named)."""
+    if key is None:
+        return None, None
+    try:
+        return key.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(key).decode("ascii"), "base64"
+
+
+def alert_id(source: Source) -> str:
+    """The de-duplication key of an alert: its source topic, partition and offset."""
+    return f"{source.topic}/{source.partition}/{source.offset}"
+
+
+class AlertBuilder:
+    """Turns scored records into alert and score messages for one bundle.
+
+    ``alert_fields`` is the allow-list of input fields copied into alerts (``id`` is always
+    carried as ``record_id``); ``top_features`` is how many of the largest per-feature
+    contributions each alert lists.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str,
+        feature_names: Sequence[str],
+        *,
+        alert_fields: Iterable[str] = (),
+        top_features: int = 5,
+    ):
+        self.model = {"name": str(model_name), "version": str(model_version)}
+        self.feature_names = list(feature_names)
+        self.alert_fields = tuple(alert_fields)
+        self.top_features = max(0, min(int(top_features), len(self.feature_names)))
+
+    def _common(
+        self,
+        source: Source,
+        record_id: str | int | None,
+        score: float,
+        components: Mapping[str, float],
+        threshold: float,
+        threshold_version: int,
+        scored_ms: int,
+    ) -> dict[str, Any]:
+        key, key_encoding = encode_key(source.key)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "alert_id": alert_id(source),
+            "record_id": record_id,
+            "key": key,
+            "key_encoding": key_encoding,
+            "source": {
+                "topic": source.topic,
+                "partition": source.partition,
+                "offset": source.offset,
+            },
+            "event_timestamp_ms": source.timestamp_ms,
+            "event_time": _iso(source.timestamp_ms),
+            "scored_timestamp_ms": scored_ms,
+            "scored_at": _iso(scored_ms),
+            "score": score,
+            "components": dict(components),
+            "threshold": threshold,
+            "threshold_version": threshold_version,
+            "model": self.model,
+        }
+
+    def alert(
+        self,
+        source: Source,
+        record_id: str | int | None,
+        fields: Mapping[str, Any],
+        score: float,
+        components: Mapping[str, float],
+        contributions: np.ndarray,
+        threshold: float,
+        threshold_version: int,
+        scored_ms: int,
+    ) -> dict[str, Any]:
+        """The alert for one anomalous record (a JSON-ready dict)."""
+        message = self._common(
+            source, record_id, score, components, threshold, threshold_version, scored_ms
+        )
+        message["top_features"] = self._top(contributions)
+        message["fields"] = {name: fields[name] for name in self.alert_fields if name in fields}
+        return message
+
+    def score_message(
+        self,
+        source: Source,
+        record_id: str | int | None,
+        score: float,
+        components: Mapping[str, float],
+        threshold: float,
+        threshold_version: int,
+        scored_ms: int,
+    ) -> dict[str, Any]:
+        """The per-record score message for the optional scores topic."""
+        message = self._common(
+            source, record_id, score, components, threshold, threshold_version, scored_ms
+        )
+        message["is_anomaly"] = score > threshold
+        return message
+
+    def _top(self, contributions: np.ndarray) -> list[dict[str, Any]]:
+        if self.top_features == 0:
+            return []
+        flat = np.asarray(contributions, dtype=np.float64).ravel()
+        k = self.top_features
+        idx = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+        idx = idx[np.argsort(-flat[idx], kind="stable")]
+        return [{"feature": self.feature_names[i], "contribution": float(flat[i])} for i in idx]
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """Serialise an alert or score message (UTF-8 JSON)."""
+    return orjson.dumps(message)
+
+
+@cache
+def load_schema(name: str = "alert") -> dict[str, Any]:
+    """The packaged JSON Schema ``anomaly/schemas/<name>.schema.json``."""
+    text = resources.files("anomaly").joinpath("schemas", f"{name}.schema.json").read_text("utf-8")
+    return json.loads(text)

@@ -1,0 +1,358 @@
+"""One typed configuration for ``anomaly serve``: file < ``ANOMALY_*`` environment < flags.
+
+Sources, lowest precedence first:
+
+1. a TOML or YAML file (``--config`` / ``ANOMALY_CONFIG``): top-level keys are the field names
+   below (``-`` or ``_``), plus the tables ``kafka`` (settings passed to both kafka-python
+   clients), ``consumer`` and ``producer`` (passed to one of them);
+2. environment variables ``ANOMALY_<FIELD>`` (lists comma-separated) and
+   ``ANOMALY_KAFKA__<SETTING>`` / ``ANOMALY_CONSUMER__<SETTING>`` / ``ANOMALY_PRODUCER__<SETTING>``;
+3. command-line flags.
+
+The SASL password comes only from ``ANOMALY_SASL_PASSWORD``, a ``sasl_password_file`` or the
+file's ``kafka`` table, never from a flag (flags show in ``ps``). It is held in a ``Secret``
+whose repr is redacted, and ``ServeConfig``'s repr redacts every secret-looking setting, so
+logging the configuration never leaks it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anomaly.errors import AnomalyError
+from anomaly.metrics import DEFAULT_HOST, DEFAULT_PORT
+from anomaly.records import DEFAULT_MAX_BYTES
+
+ENV_PREFIX = "ANOMALY_"
+CONFIG_ENV = "ANOMALY_CONFIG"
+PASSTHROUGH_TABLES = ("kafka", "consumer", "producer")
+_SECRET_WORDS = ("password", "secret", "token", "credential", "private_key")
+_REQUIRED = ("bundle", "input_topic", "alert_topic", "dlq_topic", "group")
+
+
+class ConfigError(AnomalyError):
+    """The serve configuration is incomplete or invalid."""
+
+
+class Secret:
+    """A string that never shows itself in repr/str (and hence in logs or tracebacks)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret value, for the one place that needs it (the Kafka client)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a setting name looks like it holds a credential."""
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _as_list(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(str(part) for part in value)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def inner(value: Any) -> Any:
+        return None if value is None or value == "" else convert(value)
+
+    return inner
+
+
+def _secret(value: Any) -> Secret:
+    return value if isinstance(value, Secret) else Secret(str(value))
+
+
+def _setting(value: str) -> Any:
+    """Best-effort typing of a pass-through setting given as an environment string."""
+    text = value.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return value
+
+
+def _opt(default: Any, convert: Callable[[Any], Any], doc: str) -> Any:
+    return field(default=default, metadata={"convert": convert, "doc": doc})
+
+
+@dataclass(frozen=True, repr=False)
+class ServeConfig:
+    """Everything ``anomaly serve`` needs; build it with ``load_serve_config``."""
+
+    bundle: Path = _opt(None, _optional(Path), "model bundle directory")
+    input_topic: str = _opt(None, _optional(str), "topic of JSON records to score")
+    alert_topic: str = _opt(None, _optional(str), "topic for one alert per anomalous record")
+    dlq_topic: str = _opt(None, _optional(str), "dead-letter topic for invalid records")
+    group: str = _opt(None, _optional(str), "consumer group id")
+    scores_topic: str | None = _opt(None, _optional(str), "optional topic for every record's score")
+    bootstrap_servers: str = _opt("127.0.0.1:9092", str, "Kafka bootstrap servers, comma-separated")
+    max_batch: int = _opt(500, int, "most records per scored micro-batch")
+    max_wait_ms: int = _opt(50, int, "longest wait to fill a micro-batch")
+    commit_interval_ms: int = _opt(1000, int, "flush + commit at least this often")
+    max_in_flight: int = _opt(
+        20000, int, "records handled but not yet committed before a forced flush"
+    )
+    delivery_timeout_s: float = _opt(30.0, float, "longest flush before polling pauses")
+    alert_fields: tuple[str, ...] = _opt((), _as_list, "input fields copied into alerts")
+    extra_fields: tuple[str, ...] = _opt((), _as_list, "non-feature input fields to tolerate")
+    top_features: int = _opt(5, int, "contributing features listed per alert")
+    max_record_bytes: int = _opt(DEFAULT_MAX_BYTES, int, "larger records are dead-lettered")
+    threshold_refresh_s: float = _opt(2.0, float, "how often the bundle manifest is re-read")
+    auto_offset_reset: str = _opt("earliest", str, "where a new group starts: earliest | latest")
+    session_timeout_ms: int = _opt(10000, int, "consumer group session timeout")
+    heartbeat_interval_ms: int = _opt(1000, int, "consumer heartbeat interval")
+    max_poll_interval_ms: int = _opt(
+        300000, int, "longest gap between polls before leaving the group"
+    )
+    metrics_host: str = _opt(DEFAULT_HOST, str, "bind address of the metrics/health server")
+    metrics_port: int = _opt(DEFAULT_PORT, int, "port of the metrics/health server (0 = any)")
+    log_format: str = _opt("text", str, "text | json")
+    log_level: str = _opt("INFO", str, "DEBUG | INFO | WARNING | ERROR")
+    security_protocol: str = _opt("PLAINTEXT", str, "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL")
+    sasl_mechanism: str | None = _opt(None, _optional(str), "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512")
+    sasl_username: str | None = _opt(None, _optional(str), "SASL user name")
+    sasl_password: Secret | None = _opt(
+        None, _optional(_secret), "SASL password (env or file only)"
+    )
+    sasl_password_file: Path | None = _opt(None, _optional(Path), "file holding the SASL password")
+    ssl_cafile: Path | None = _opt(None, _optional(Path), "CA bundle for SSL")
+    ssl_certfile: Path | None = _opt(None, _optional(Path), "client certificate for SSL")
+    ssl_keyfile: Path | None = _opt(None, _optional(Path), "client key for SSL")
+    kafka: Mapping[str, Any] = field(default_factory=dict, metadata={"doc": "both clients"})
+    consumer: Mapping[str, Any] = field(default_factory=dict, metadata={"doc": "consumer only"})
+    producer: Mapping[str, Any] = field(default_factory=dict, metadata={"doc": "producer only"})
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in PASSTHROUGH_TABLES:
+                value = {k: ("***" if is_secret_key(k) else v) for k, v in (value or {}).items()}
+            elif isinstance(value, Secret):
+                value = "***"
+            parts.append(f"{f.name}={value!r}")
+        return f"ServeConfig({', '.join(parts)})"
+
+    __str__ = __repr__
+
+    def password(self) -> str | None:
+        """The SASL password from the environment/file setting or the password file."""
+        if self.sasl_password is not None:
+            return self.sasl_password.reveal()
+        if self.sasl_password_file is not None:
+            try:
+                return self.sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the SASL password file {self.sasl_password_file}: {exc.strerror}"
+                ) from None
+        return None
+
+    def client_settings(self) -> dict[str, Any]:
+        """Settings shared by the consumer and the producer (connection and security)."""
+        settings: dict[str, Any] = {
+            "bootstrap_servers": [
+                s.strip() for s in self.bootstrap_servers.split(",") if s.strip()
+            ],
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            settings["sasl_mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            settings["sasl_plain_username"] = self.sasl_username
+        password = self.password()
+        if password is not None:
+            settings["sasl_plain_password"] = password
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, name)
+            if value is not None:
+                settings[name] = str(value)
+        settings.update(self.kafka or {})
+        return settings
+
+    def consumer_settings(self) -> dict[str, Any]:
+        """kafka-python KafkaConsumer keyword arguments (only the ones it accepts)."""
+        from kafka import KafkaConsumer
+
+        settings = {
+            "group_id": self.group,
+            "enable_auto_commit": False,
+            "auto_offset_reset": self.auto_offset_reset,
+            "max_poll_records": self.max_batch,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "max_poll_interval_ms": self.max_poll_interval_ms,
+            "fetch_max_wait_ms": max(1, min(self.max_wait_ms, 500)),
+        }
+        settings.update(_accepted(self.client_settings(), KafkaConsumer.DEFAULT_CONFIG))
+        settings.update(self.consumer or {})
+        return settings
+
+    def producer_settings(self) -> dict[str, Any]:
+        """kafka-python KafkaProducer keyword arguments (only the ones it accepts)."""
+        from kafka import KafkaProducer
+
+        settings = {
+            "acks": "all",
+            "linger_ms": 5,
+            "retries": 5,
+            "max_block_ms": int(self.delivery_timeout_s * 1000),
+        }
+        settings.update(_accepted(self.client_settings(), KafkaProducer.DEFAULT_CONFIG))
+        settings.update(self.producer or {})
+        return settings
+
+
+def _accepted(settings: Mapping[str, Any], known: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k in known}
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(raw.decode("utf-8"))
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(raw) or {}
+        else:
+            raise ConfigError(f"the config file {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"the config file {path} is not valid: {exc}") from None
+    except ImportError:
+        raise ConfigError("YAML config files need PyYAML: pip install pyyaml") from None
+    except Exception as exc:  # yaml.YAMLError lives in an optional module
+        raise ConfigError(f"the config file {path} is not valid: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"the config file {path} must hold a table of settings")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(ServeConfig)} - set(PASSTHROUGH_TABLES)
+    values: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        table, sep, setting = rest.partition("__")
+        if sep and table in PASSTHROUGH_TABLES and setting:
+            values.setdefault(table, {})[setting] = _setting(value)
+        elif rest in names:
+            values[rest] = value
+    return values
+
+
+def load_serve_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | str | None = None,
+) -> ServeConfig:
+    """Merge file < environment < flags into a validated ServeConfig.
+
+    ``flags`` values of None mean "not given". ``config_file`` defaults to ``ANOMALY_CONFIG``.
+    """
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None and v != ()}
+    path = config_file or env.get(CONFIG_ENV)
+    merged: dict[str, Any] = {}
+    tables: dict[str, dict[str, Any]] = {t: {} for t in PASSTHROUGH_TABLES}
+    known = {f.name: f for f in dataclasses.fields(ServeConfig)}
+    for source in (_read_file(Path(path)) if path else {}, _from_env(env), flags):
+        for key, value in source.items():
+            if key in PASSTHROUGH_TABLES:
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{key!r} must be a table of Kafka client settings")
+                tables[key].update({str(k).replace("-", "_"): v for k, v in value.items()})
+            elif key in known:
+                merged[key] = value
+            else:
+                raise ConfigError(f"unknown setting {key!r}")
+    if "sasl_password" in flags:
+        raise ConfigError("give the SASL password through ANOMALY_SASL_PASSWORD or a file")
+    values: dict[str, Any] = dict(tables)
+    for key, value in merged.items():
+        try:
+            values[key] = known[key].metadata["convert"](value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"setting {key!r}: {exc}") from None
+    config = ServeConfig(**values)
+    _validate(config)
+    return config
+
+
+def _validate(config: ServeConfig) -> None:
+    missing = [name for name in _REQUIRED if getattr(config, name) in (None, "")]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise ConfigError(f"missing required setting(s): {flags} (or ANOMALY_* / config file)")
+    if config.max_batch < 1 or config.max_wait_ms < 0 or config.max_in_flight < config.max_batch:
+        raise ConfigError("need max_batch >= 1, max_wait_ms >= 0 and max_in_flight >= max_batch")
+    if config.log_format not in ("text", "json"):
+        raise ConfigError("log_format must be 'text' or 'json'")
+    if not 0 <= config.metrics_port <= 65535:
+        raise ConfigError("metrics_port must be within 0..65535")
+    if config.auto_offset_reset not in ("earliest", "latest"):
+        raise ConfigError("auto_offset_reset must be 'earliest' or 'latest'")
+    if config.sasl_password is not None and config.sasl_password_file is not None:
+        raise ConfigError("give the SASL password through the environment or a file, not both")
+    if config.dlq_topic == config.input_topic or config.alert_topic == config.input_topic:
+        raise ConfigError("the alert and dead-letter topics must differ from the input topic")
+
+
+def describe_settings() -> list[tuple[str, str, Any]]:
+    """(name, documentation, default) of every setting, for help texts and docs."""
+    return [
+        (f.name, f.metadata.get("doc", ""), f.default)
+        for f in dataclasses.fields(ServeConfig)
+        if f.name not in PASSTHROUGH_TABLES
+    ]

@@ -1,0 +1,314 @@
+"""Every Prometheus metric of the service, in one registry, and the HTTP server that serves it.
+
+Names follow docs/INTERNAL_CONTRACTS.md (prefix ``anomaly_``, base units, ``_total`` on
+counters). The two per-record histograms (score, end-to-end latency) take whole numpy
+batches: prometheus_client's ``observe`` costs about a microsecond per call, which at tens of
+thousands of records a second is a visible share of the loop, so they bin a batch with one
+``searchsorted`` instead.
+
+The HTTP server answers only ``/metrics``, ``/healthz`` and ``/readyz`` (GET/HEAD), binds the
+address it is given (loopback unless configured otherwise), drops idle connections after a
+few seconds, caps concurrent connections, and answers malformed requests with a 4xx without
+stopping.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9108
+DEFAULT_HOST = "127.0.0.1"
+
+SCORE_BUCKETS = tuple(float(f"{b:.4g}") for b in np.logspace(-3, 3, 25))
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class BatchHistogram(Collector):
+    """A Prometheus histogram fed a numpy array at a time (one searchsorted per batch)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]):
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.asarray(sorted(buckets), dtype=np.float64)
+        self._counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Add every finite value of ``values`` to the histogram."""
+        values = np.asarray(values, dtype=np.float64).ravel()
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return
+        slots = np.searchsorted(self.bounds, values, side="left")
+        counts = np.bincount(slots, minlength=len(self._counts))
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    @property
+    def count(self) -> int:
+        """Number of observations so far."""
+        with self._lock:
+            return int(self._counts.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        """Yield the cumulative buckets in Prometheus' histogram form."""
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        buckets = [
+            (f"{bound:g}", float(c)) for bound, c in zip(self.bounds, cumulative, strict=False)
+        ]
+        buckets.append(("+Inf", float(cumulative[-1])))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], buckets, total)
+        yield family
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        """Describe the family so the registry can refuse duplicate names."""
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+
+class Metrics:
+    """The service's metrics on a private registry (tests and two services never collide)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.consumed = Counter(
+            "anomaly_records_consumed_total",
+            "Records read from the input topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.scored = Counter(
+            "anomaly_records_scored_total", "Records scored by the model.", registry=r
+        )
+        self.dead_lettered = Counter(
+            "anomaly_records_dead_lettered_total",
+            "Records sent to the dead-letter topic, by reason code.",
+            ["reason"],
+            registry=r,
+        )
+        self.alerts = Counter("anomaly_alerts_total", "Alerts published.", registry=r)
+        self.scores_published = Counter(
+            "anomaly_scores_published_total",
+            "Score messages published to the scores topic.",
+            registry=r,
+        )
+        self.score = BatchHistogram(
+            "anomaly_score", "Anomaly score of each scored record.", SCORE_BUCKETS
+        )
+        r.register(self.score)
+        self.scoring_duration = Histogram(
+            "anomaly_scoring_duration_seconds",
+            "Wall time of one Bundle.score call on a micro-batch.",
+            buckets=SCORING_BUCKETS,
+            registry=r,
+        )
+        self.batch_records = Histogram(
+            "anomaly_batch_records", "Records per micro-batch.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.end_to_end_latency = BatchHistogram(
+            "anomaly_end_to_end_latency_seconds",
+            "Broker timestamp of the input record to its alert/score being handed to the producer.",
+            LATENCY_BUCKETS,
+        )
+        r.register(self.end_to_end_latency)
+        self.consumer_lag = Gauge(
+            "anomaly_consumer_lag_records",
+            "High watermark minus position, per assigned partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.threshold = Gauge("anomaly_threshold", "Score threshold in use.", registry=r)
+        self.threshold_version = Gauge(
+            "anomaly_threshold_version",
+            "1-based index of the threshold in the bundle history.",
+            registry=r,
+        )
+        self.threshold_reloads = Counter(
+            "anomaly_threshold_reloads_total",
+            "Threshold changes picked up while running.",
+            registry=r,
+        )
+        self.expected_anomaly_rate = Gauge(
+            "anomaly_expected_anomaly_rate",
+            "Anomaly rate the threshold was calibrated for.",
+            registry=r,
+        )
+        self.model_info = Info("anomaly_model", "The model bundle being served.", registry=r)
+        self.last_commit = Gauge(
+            "anomaly_last_commit_timestamp_seconds",
+            "Unix time of the last successful offset commit.",
+            registry=r,
+        )
+        self.commits = Counter("anomaly_commits_total", "Successful offset commits.", registry=r)
+        self.assigned_partitions = Gauge(
+            "anomaly_assigned_partitions", "Input partitions assigned to this consumer.", registry=r
+        )
+        self.ready = Gauge(
+            "anomaly_ready", "1 when the model is loaded and partitions are assigned.", registry=r
+        )
+        self._ready = False
+
+    def set_ready(self, ready: bool) -> None:
+        """Record readiness for /readyz and the ``anomaly_ready`` gauge."""
+        self._ready = ready
+        self.ready.set(1 if ready else 0)
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether /readyz answers 200."""
+        return self._ready
+
+    def set_model(self, name: str, version: str, backend: str, keras_version: str) -> None:
+        """Publish ``anomaly_model_info``."""
+        self.model_info.info(
+            {"name": name, "version": version, "backend": backend, "keras_version": keras_version}
+        )
+
+    def set_threshold(self, threshold: float, version: int, expected_rate: float | None) -> None:
+        """Publish the threshold in use, its version and its calibration rate."""
+        self.threshold.set(threshold)
+        self.threshold_version.set(version)
+        if expected_rate is not None:
+            self.expected_anomaly_rate.set(expected_rate)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves the three endpoints; everything else is 404/405, never a traceback."""
+
+    server_version = "anomaly"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    timeout = 5
+    metrics: Metrics
+
+    def _reply(
+        self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._reply(200, self.metrics.exposition(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._reply(200, b"ok\n")
+        elif path == "/readyz":
+            if self.metrics.is_ready:
+                self._reply(200, b"ready\n")
+            else:
+                self._reply(503, b"not ready\n")
+        else:
+            self._reply(404, b"not found\n")
+
+    do_HEAD = do_GET  # noqa: N815
+
+    def _refuse(self) -> None:
+        self.close_connection = True
+        self.send_response(405)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+        log.debug("metrics http: " + format, *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    max_connections = 32
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]):
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics http: error while serving %s", client_address, exc_info=True)
+
+
+class MetricsServer:
+    """Background HTTP server for /metrics, /healthz and /readyz; port 0 picks a free one."""
+
+    def __init__(self, metrics: Metrics, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+        handler = type("Handler", (_Handler,), {"metrics": metrics})
+        self._server = _Server((host, port), handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        """The /metrics URL."""
+        host, port = self.address
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}/metrics"
+
+    def start(self) -> MetricsServer:
+        """Serve in a daemon thread."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
