@@ -1,0 +1,344 @@
+"""The model bundle: one directory per trained model, described by ``manifest.json``.
+
+Layout::
+
+    BUNDLE/
+      manifest.json      schema, preprocessing, score weights, runtime, sha256 per file,
+                         threshold history (the last entry is the live threshold)
+      model/*.keras      native Keras files, loaded in safe mode (no pickle, no lambdas)
+      model/detector.json, model/latent.npz
+
+Loading verifies every file's sha256 and that the schema fits the network; a threshold
+change rewrites only the manifest, atomically (write a temporary file, then rename), so a
+running service can pick it up with ``refresh_threshold``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomaly.errors import BundleError
+from anomaly.preprocessing import TabularPreprocessor
+from anomaly.schema import Schema
+
+log = logging.getLogger("anomaly.bundle")
+
+MANIFEST = "manifest.json"
+MODEL_DIR = "model"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(array: np.ndarray) -> str:
+    """A short content hash of a data array, recorded with each threshold fit."""
+    data = np.ascontiguousarray(array)
+    digest = hashlib.sha256(str(data.shape).encode() + data.tobytes()).hexdigest()
+    return f"sha256:{digest[:16]}:n={len(data)}"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write-then-rename, so readers see the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _runtime() -> dict[str, str]:
+    import keras
+
+    return {
+        "keras_backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+    }
+
+
+def _safe_member(root: Path, relative: str) -> Path:
+    """Resolve a manifest path, refusing anything that leaves the bundle directory."""
+    candidate = Path(relative)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise BundleError(f"manifest file entry {relative!r} points outside the bundle")
+    resolved = (root / candidate).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise BundleError(f"manifest file entry {relative!r} points outside the bundle")
+    return resolved
+
+
+class Bundle:
+    """A trained detector with its schema, preprocessing and threshold history."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        detector: Any,
+        schema: Schema,
+        preprocessor: TabularPreprocessor | None,
+    ) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.detector = detector
+        self.schema = schema
+        self.preprocessor = preprocessor
+        self._manifest_stamp = self._stamp()
+        self._apply_threshold()
+
+    # --- identity -------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def model_name(self) -> str:
+        return str(self.manifest["model"]["name"])
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest["model"]["version"])
+
+    @property
+    def detector_name(self) -> str:
+        return str(self.manifest["model"]["detector"])
+
+    # --- thresholds -------------------------------------------------------------------------
+    @property
+    def threshold_history(self) -> list[dict[str, Any]]:
+        return list(self.manifest.get("thresholds", []))
+
+    @property
+    def threshold_entry(self) -> dict[str, Any]:
+        history = self.threshold_history
+        if not history:
+            raise BundleError(f"{self.path}: bundle has no threshold")
+        return history[-1]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.threshold_entry["value"])
+
+    @property
+    def threshold_version(self) -> int:
+        return len(self.threshold_history)
+
+    @property
+    def expected_anomaly_rate(self) -> float | None:
+        """The alert rate the live threshold implies on normal data (its target FPR)."""
+        entry = self.threshold_entry
+        rate = entry.get("params", {}).get("target_fpr", entry.get("implied", {}).get("fpr"))
+        return None if rate is None else float(rate)
+
+    def _apply_threshold(self) -> None:
+        if self.threshold_history:
+            self.detector.threshold_ = self.threshold
+
+    def append_threshold(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Add a threshold to the history and make it live (atomic manifest rewrite)."""
+        current = json.loads(self.manifest_path.read_text())
+        history = current.setdefault("thresholds", [])
+        entry = {"version": len(history) + 1, "timestamp": utc_now(), **entry}
+        history.append(entry)
+        write_json_atomic(self.manifest_path, current)
+        self.manifest = current
+        self._manifest_stamp = self._stamp()
+        self._apply_threshold()
+        return entry
+
+    def _stamp(self) -> tuple[int, int, int]:
+        st = self.manifest_path.stat()
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def refresh_threshold(self) -> bool:
+        """Re-read the manifest if it changed on disk; True when the live threshold changed.
+
+        Cheap enough to call every few seconds: one ``stat`` unless the file changed.
+        """
+        try:
+            stamp = self._stamp()
+        except OSError as exc:
+            log.warning("cannot stat %s: %s", self.manifest_path, exc)
+            return False
+        if stamp == self._manifest_stamp:
+            return False
+        self._manifest_stamp = stamp
+        try:
+            fresh = json.loads(self.manifest_path.read_text())
+            history = fresh["thresholds"]
+            float(history[-1]["value"])
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            log.warning("ignoring unreadable manifest update %s: %s", self.manifest_path, exc)
+            return False
+        before = (self.threshold, self.threshold_version)
+        self.manifest["thresholds"] = history
+        self._apply_threshold()
+        return (self.threshold, self.threshold_version) != before
+
+    # --- scoring -------------------------------------------------------------------------------
+    def transform(self, X_raw: np.ndarray) -> np.ndarray:
+        """Original units -> model space, checking the shape against the schema."""
+        X = np.asarray(X_raw, dtype=np.float64 if self.preprocessor else np.float32)
+        expected = self.schema.input_shape
+        if X.ndim != len(expected) + 1 or tuple(X.shape[1:]) != expected:
+            raise BundleError(
+                f"input of shape {tuple(X.shape[1:])} does not fit the bundle's schema {expected}"
+            )
+        if self.preprocessor is not None:
+            return self.preprocessor.transform(X)
+        return X.astype(np.float32, copy=False)
+
+    def score(self, X_raw: np.ndarray) -> Any:
+        """Score records in original units; returns ``detectors.ScoreComponents``."""
+        return self.detector.score_components(self.transform(X_raw))
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """Synthetic normal records (original units) or images ([0, 1]) from the generator."""
+        generated = self.detector.sample(n, seed)
+        if self.preprocessor is not None:
+            return self.preprocessor.inverse_transform(generated)
+        return np.clip(generated, 0.0, 1.0)
+
+    # --- persistence ----------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        detector: Any,
+        schema: Schema,
+        preprocessing: dict[str, Any],
+        name: str,
+        training: dict[str, Any],
+        preprocessor: TabularPreprocessor | None = None,
+    ) -> Bundle:
+        """Write a new bundle directory (refuses to overwrite a non-empty one)."""
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise BundleError(f"{path}: directory exists and is not empty; choose a new --out")
+        model_dir = path / MODEL_DIR
+        files = detector.save(model_dir)
+        checksums = {
+            str(f.relative_to(path)): sha256_file(f) for f in sorted(files, key=lambda p: p.name)
+        }
+        version = hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()[:12]
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model": {
+                "name": name,
+                "version": version,
+                "detector": detector.name,
+                "created_at": utc_now(),
+                "params": detector.get_params(),
+            },
+            "schema": schema.to_dict(),
+            "preprocessing": preprocessing,
+            "score": {
+                "components": ["reconstruction", "discriminator"]
+                + (["latent"] if detector.name == "ganomaly" else []),
+                "weights": detector.normaliser_.weights,
+                "normalisation": detector.normaliser_.to_dict(),
+                "formula": (
+                    "sum_i w_i * (c_i - centre_i) / scale_i / sum_i w_i, "
+                    "centre/scale fitted on the normal validation split"
+                ),
+            },
+            "runtime": _runtime(),
+            "training": training,
+            "files": checksums,
+            "thresholds": [],
+        }
+        write_json_atomic(path / MANIFEST, manifest)
+        return cls(path, manifest, detector, schema, preprocessor)
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> Bundle:
+        """Open a bundle, verifying checksums and schema; refuses anything that does not fit."""
+        from detectors import DETECTORS
+
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(f"{path}: not a model bundle (no {MANIFEST})")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{manifest_path}: unreadable manifest: {exc}") from exc
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"{manifest_path}: bundle format {manifest.get('format_version')!r}, "
+                f"this version reads {FORMAT_VERSION}"
+            )
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            raise BundleError(f"{manifest_path}: manifest lists no files")
+        for relative, expected in files.items():
+            member = _safe_member(path, relative)
+            if not member.is_file():
+                raise BundleError(f"{path}: file {relative} listed in the manifest is missing")
+            if verify and sha256_file(member) != expected:
+                raise BundleError(
+                    f"{path}: checksum mismatch for {relative}: the file was changed or "
+                    "replaced after the bundle was written; refusing to load it"
+                )
+        schema = Schema.from_dict(manifest.get("schema", {}))
+        model_dir = path / MODEL_DIR
+        state_file = f"{MODEL_DIR}/detector.json"
+        if state_file not in files:
+            raise BundleError(f"{manifest_path}: manifest does not list {state_file}")
+        state = json.loads((path / state_file).read_text())
+        detector_cls = DETECTORS.get(state.get("detector"))
+        if detector_cls is None or state.get("detector") != manifest["model"].get("detector"):
+            raise BundleError(f"{path}: unknown or inconsistent detector {state.get('detector')!r}")
+        if tuple(state["input_shape"]) != schema.input_shape:
+            raise BundleError(
+                f"{path}: schema {schema.input_shape} does not match the network's input "
+                f"shape {tuple(state['input_shape'])}"
+            )
+        needed = {f"{MODEL_DIR}/{name}.keras" for name in _subnets(detector_cls)}
+        missing = sorted(needed - set(files))
+        if missing:
+            raise BundleError(f"{manifest_path}: manifest does not list {', '.join(missing)}")
+        try:
+            detector = detector_cls.load(model_dir, state)
+        except Exception as exc:
+            raise BundleError(f"{path}: cannot load the model safely: {exc}") from exc
+        preprocessor = None
+        prep = manifest.get("preprocessing", {})
+        if schema.kind == "tabular":
+            try:
+                preprocessor = TabularPreprocessor.from_dict(prep, schema.feature_names)
+            except (KeyError, ValueError) as exc:
+                raise BundleError(f"{manifest_path}: bad preprocessing: {exc}") from exc
+        return cls(path, manifest, detector, schema, preprocessor)
+
+
+def _subnets(detector_cls: Any) -> tuple[str, ...]:
+    import importlib
+
+    return importlib.import_module(detector_cls.__module__).SUBNETS

@@ -1,0 +1,282 @@
+"""The ``anomaly`` command line: a thin click layer over the package's functions.
+
+Keras is imported lazily inside the commands so that ``--backend`` can choose the Keras
+backend first and ``anomaly --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from anomaly.errors import AnomalyError
+
+IMAGE_SUFFIXES = (".idx", ".ubyte", ".gz")
+
+
+class _Group(click.Group):
+    """Turns user-caused errors into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AnomalyError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+def _csv_list(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _weights(value: str | None) -> dict[str, float] | None:
+    if not value:
+        return None
+    weights = {}
+    for part in _csv_list(value):
+        name, _, number = part.partition("=")
+        try:
+            weights[name.strip()] = float(number)
+        except ValueError:
+            raise click.BadParameter(f"expected name=number, got {part!r}") from None
+    return weights
+
+
+@click.group(cls=_Group)
+@click.option(
+    "--backend",
+    type=click.Choice(["tensorflow", "jax", "torch"]),
+    default=None,
+    help="Keras backend (default: KERAS_BACKEND or tensorflow).",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+@click.version_option(package_name="anomaly-gan")
+def main(backend: str | None, log_level: str) -> None:
+    """GAN anomaly detection: train, score, evaluate, re-threshold, serve."""
+    if backend:
+        os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _is_image_source(path: Path) -> bool:
+    return path.is_dir() or any(s in path.name.lower() for s in IMAGE_SUFFIXES)
+
+
+@main.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="New bundle dir.")
+@click.option("--detector", type=click.Choice(["ganomaly", "anogan"]), default="ganomaly")
+@click.option("--images", is_flag=True, help="DATA is an image folder / IDX / NPZ of images.")
+@click.option("--image-size", type=int, default=None, help="Resize images to this square side.")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Gray or RGB.")
+@click.option("--features", default=None, help="Comma-separated feature columns.")
+@click.option("--exclude", default=None, help="Comma-separated columns to leave out.")
+@click.option("--label-column", default="auto", show_default=True, help="'none' to disable.")
+@click.option("--id-column", default="auto", show_default=True)
+@click.option("--log1p", "log1p", default=None, help="Columns to signed-log1p (e.g. Amount).")
+@click.option("--scaler", type=click.Choice(["standard", "robust"]), default="standard")
+@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--latent-dim", type=int, default=None)
+@click.option("--hidden", default="64,32", show_default=True, help="Dense layer widths.")
+@click.option("--filters", type=int, default=32, show_default=True, help="Conv base filters.")
+@click.option("--anogan-mode", type=click.Choice(["search", "encoder"]), default="search")
+@click.option("--search-steps", type=int, default=100, show_default=True)
+@click.option(
+    "--score-weights", default=None, help="e.g. reconstruction=1,latent=1,discriminator=1"
+)
+@click.option("--target-fpr", type=float, default=0.01, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", default=None, help="Model name (default: the bundle dir name).")
+@click.option("--mixed-precision", is_flag=True, help="float16 compute (GPUs only).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(data: Path, out: Path, **opts: Any) -> None:
+    """Train a detector on normal data and write a model bundle."""
+    from anomaly.schema import Schema
+    from anomaly.training import train_bundle
+
+    params: dict[str, Any] = {
+        "epochs": opts["epochs"],
+        "batch_size": opts["batch_size"],
+        "latent_dim": opts["latent_dim"],
+        "hidden": tuple(int(h) for h in _csv_list(opts["hidden"])),
+        "filters": opts["filters"],
+        "mixed_precision": opts["mixed_precision"],
+        "verbose": 0 if opts["quiet"] else 1,
+    }
+    if opts["detector"] == "anogan":
+        params.update(mode=opts["anogan_mode"], search_steps=opts["search_steps"])
+    elif opts["score_weights"]:
+        params["score_weights"] = _weights(opts["score_weights"])
+    labels = None
+    extra: dict[str, Any] = {}
+    if opts["images"] or _is_image_source(data):
+        from anomaly.imaging import load_training_images
+
+        channels = int(opts["channels"]) if opts["channels"] else None
+        X, image_options = load_training_images(data, opts["image_size"], channels)
+        schema = Schema.image(*X.shape[1:])
+        extra["image_preprocessing"] = image_options
+    else:
+        from anomaly.tabular_io import read_table
+
+        label = None if opts["label_column"].lower() == "none" else opts["label_column"]
+        table = read_table(
+            data, _csv_list(opts["features"]), _csv_list(opts["exclude"]), label, opts["id_column"]
+        )
+        X, labels = table.X, table.labels
+        schema = Schema.tabular(table.feature_names)
+        extra.update(log1p_columns=_csv_list(opts["log1p"]), scaler=opts["scaler"])
+    bundle = train_bundle(
+        X,
+        out,
+        schema,
+        labels=labels,
+        detector=opts["detector"],
+        detector_params=params,
+        target_fpr=opts["target_fpr"],
+        seed=opts["seed"],
+        name=opts["name"],
+        source=str(data),
+        **extra,
+    )
+    click.echo(
+        f"wrote bundle {bundle.path} ({bundle.detector_name}, version {bundle.model_version}); "
+        f"threshold {bundle.threshold:.6g} at target FPR {opts['target_fpr']}"
+    )
+
+
+def _load_bundle(path: Path) -> Any:
+    from anomaly.bundle import Bundle
+
+    return Bundle.load(path)
+
+
+def _read_for_bundle(bundle: Any, data: Path, label_column: str | None, id_column: str) -> Any:
+    from anomaly.tabular_io import read_table
+
+    if bundle.schema.kind != "tabular":
+        raise AnomalyError(
+            f"{bundle.path} is an image bundle: use `anomaly score-images` for image data"
+        )
+    return read_table(data, bundle.schema.feature_names, None, label_column, id_column)
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help=".csv or .jsonl")
+@click.option("--top-k", type=int, default=3, show_default=True, help="Top features per row.")
+@click.option("--id-column", default="auto", show_default=True)
+def score(bundle_dir: Path, data: Path, out: Path, top_k: int, id_column: str) -> None:
+    """Score a CSV / JSONL / NPZ file; writes id, score, components, is_anomaly, top features."""
+    from anomaly.batch import score_table, write_rows
+
+    bundle = _load_bundle(bundle_dir)
+    table = _read_for_bundle(bundle, data, None, id_column)
+    rows = score_table(bundle, table, top_k)
+    write_rows(rows, out)
+    flagged = sum(r["is_anomaly"] for r in rows)
+    click.echo(f"scored {len(rows)} records, {flagged} above threshold {bundle.threshold:.6g}")
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--label-column", default="auto", show_default=True)
+@click.option("--plots", type=click.Path(path_type=Path), default=None, help="Dir for PNGs.")
+@click.option("--json-out", type=click.Path(path_type=Path), default=None)
+def evaluate(
+    bundle_dir: Path, data: Path, label_column: str, plots: Path | None, json_out: Path | None
+) -> None:
+    """Evaluate on labelled data: ROC-AUC, AP, precision/recall/F1 at the bundle threshold."""
+    from anomaly.evaluation import evaluate_scores, write_plots
+
+    bundle = _load_bundle(bundle_dir)
+    table = _read_for_bundle(bundle, data, label_column, "auto")
+    if table.labels is None:
+        raise AnomalyError(f"{data}: no label column found; pass --label-column")
+    scores = bundle.score(table.X).score
+    report = evaluate_scores(scores, table.labels, bundle.threshold)
+    report["threshold_version"] = bundle.threshold_version
+    for key, value in report.items():
+        click.echo(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
+    if plots:
+        for path in write_plots(scores, table.labels, bundle.threshold, plots):
+            click.echo(f"wrote {path}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=2))
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option(
+    "--method", type=click.Choice(["quantile", "pot", "f1", "precision"]), default="quantile"
+)
+@click.option("--target-fpr", type=float, default=0.01, show_default=True)
+@click.option("--at-recall", type=float, default=0.9, show_default=True)
+@click.option("--initial-quantile", type=float, default=0.98, show_default=True, help="POT.")
+@click.option("--label-column", default="auto", show_default=True, help="'none': all normal.")
+@click.option("--dry-run", is_flag=True, help="Print what the threshold implies; change nothing.")
+def threshold(
+    bundle_dir: Path,
+    data: Path,
+    method: str,
+    target_fpr: float,
+    at_recall: float,
+    initial_quantile: float,
+    label_column: str,
+    dry_run: bool,
+) -> None:
+    """Refit the alert threshold of a bundle without retraining."""
+    from anomaly.bundle import fingerprint
+    from anomaly.thresholds import fit_threshold
+
+    bundle = _load_bundle(bundle_dir)
+    label = None if label_column.lower() == "none" else label_column
+    table = _read_for_bundle(bundle, data, label, "auto")
+    scores = bundle.score(table.X).score
+    fit = fit_threshold(method, scores, table.labels, target_fpr, at_recall, initial_quantile)
+    implied = ", ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in fit.implied.items()
+    )
+    click.echo(
+        f"current threshold {bundle.threshold:.6g} (version {bundle.threshold_version}); "
+        f"{method} gives {fit.value:.6g}: {implied}"
+    )
+    if dry_run:
+        click.echo("dry run: bundle unchanged")
+        return
+    entry = bundle.append_threshold(fit.to_entry(fingerprint(table.X)))
+    click.echo(f"threshold version {entry['version']} written to {bundle.manifest_path}")
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+def info(bundle_dir: Path, as_json: bool) -> None:
+    """Print a bundle's manifest in human form."""
+    from anomaly.bundle import MANIFEST
+    from anomaly.report_text import describe_manifest
+
+    path = Path(bundle_dir) / MANIFEST
+    if not path.is_file():
+        raise AnomalyError(f"{bundle_dir}: not a model bundle (no {MANIFEST})")
+    manifest = json.loads(path.read_text())
+    click.echo(json.dumps(manifest, indent=2) if as_json else describe_manifest(manifest))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Human-readable text for a bundle manifest (``anomaly info``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def describe_manifest(manifest: dict[str, Any]) -> str:
+    """A few aligned sections: model, schema, preprocessing, score, training, thresholds."""
+    model = manifest["model"]
+    schema = manifest["schema"]
+    lines = [
+        f"model        {model['name']} ({model['detector']}), version {model['version']}",
+        f"created      {model['created_at']}",
+    ]
+    runtime = manifest.get("runtime", {})
+    lines.append(
+        f"runtime      keras {runtime.get('keras_version')} on {runtime.get('keras_backend')}, "
+        f"python {runtime.get('python_version')}"
+    )
+    if schema["kind"] == "image":
+        h, w, c = schema["image_shape"]
+        lines.append(f"input        images {h}x{w}x{c}")
+    else:
+        names = [f["name"] for f in schema["features"]]
+        shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+        lines.append(f"input        {len(names)} features: {shown}")
+    prep = manifest.get("preprocessing", {})
+    if prep.get("kind") == "tabular":
+        logs = ", ".join(prep.get("log1p_columns") or []) or "none"
+        lines.append(f"preprocess   {prep['scaler']} scaling; signed log1p on: {logs}")
+    else:
+        opts = ", ".join(f"{k}={v}" for k, v in prep.items() if k != "kind")
+        lines.append(f"preprocess   image: {opts}")
+    score = manifest.get("score", {})
+    weights = ", ".join(f"{k}={v}" for k, v in score.get("weights", {}).items())
+    lines.append(f"score        weights {weights}")
+    training = manifest.get("training", {})
+    lines.append(
+        f"training     {training.get('n_train')} train / {training.get('n_validation')} "
+        f"validation / {training.get('n_calibration')} calibration rows, "
+        f"{training.get('epochs_run')} epochs, {training.get('seconds')} s, "
+        f"seed {training.get('seed')}"
+    )
+    events = sorted({e for entry in training.get("log", []) for e in entry.get("events", [])})
+    if events:
+        lines.append(f"stability    {', '.join(events)}")
+    lines.append("thresholds")
+    for entry in manifest.get("thresholds", []):
+        params = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in entry.get("params", {}).items()
+        )
+        lines.append(
+            f"  v{entry['version']:<3} {entry['value']:<12.6g} {entry['method']:<9} "
+            f"{params:<40} {entry['timestamp']}  {entry.get('data_fingerprint', '')}"
+        )
+    lines.append(f"files        {len(manifest.get('files', {}))} (sha256 verified on load)")
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""Reading tabular records from CSV, JSONL and NPZ files with errors that name file and row."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anomaly.errors import InputError
+
+LABEL_CANDIDATES = ("Class", "class", "label", "y", "is_anomaly")
+ID_CANDIDATES = ("id", "ID", "record_id")
+
+
+@dataclass
+class Table:
+    """Feature matrix in original units plus optional ids and labels."""
+
+    path: Path
+    feature_names: list[str]
+    X: np.ndarray
+    ids: list[str]
+    labels: np.ndarray | None
+
+
+def read_table(
+    path: str | Path,
+    features: list[str] | None = None,
+    exclude: list[str] | None = None,
+    label_column: str | None = "auto",
+    id_column: str | None = "auto",
+) -> Table:
+    """Read a CSV / JSONL / NPZ file.
+
+    ``features`` selects columns (default: every column but the label, id and ``exclude``);
+    ``label_column="auto"`` picks a column named like a label (Class, label, y, is_anomaly).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), "no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _read_npz(path, features, exclude, label_column)
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        header, rows = _jsonl_rows(path)
+    elif suffix in (".csv", ".txt"):
+        header, rows = _csv_rows(path)
+    else:
+        raise InputError(str(path), f"unsupported file type {suffix!r} (use .csv, .jsonl or .npz)")
+    label = _pick(header, label_column, LABEL_CANDIDATES, path, "label")
+    id_col = _pick(header, id_column, ID_CANDIDATES, path, "id")
+    names = _feature_names(header, features, exclude, {label, id_col} - {None}, path)
+    X = np.empty((len(rows), len(names)), dtype=np.float64)
+    labels = np.empty(len(rows), dtype=np.int8) if label else None
+    ids: list[str] = []
+    for i, row in enumerate(rows):
+        row_no = i + 1
+        for j, name in enumerate(names):
+            X[i, j] = _number(row.get(name), path, row_no, name)
+        if labels is not None:
+            value = _number(row.get(label), path, row_no, label)
+            if value not in (0, 1):
+                raise InputError(str(path), f"label {label!r} must be 0 or 1, got {value}", row_no)
+            labels[i] = int(value)
+        ids.append(str(row.get(id_col)) if id_col else str(row_no))
+    if not rows:
+        raise InputError(str(path), "no data rows")
+    return Table(path, names, X, ids, labels)
+
+
+def _pick(
+    header: list[str], chosen: str | None, candidates: tuple[str, ...], path: Path, what: str
+) -> str | None:
+    if chosen is None:
+        return None
+    if chosen != "auto":
+        if chosen not in header:
+            raise InputError(str(path), f"{what} column {chosen!r} not found")
+        return chosen
+    return next((c for c in candidates if c in header), None)
+
+
+def _feature_names(
+    header: list[str],
+    features: list[str] | None,
+    exclude: list[str] | None,
+    reserved: set[str],
+    path: Path,
+) -> list[str]:
+    if features:
+        missing = [f for f in features if f not in header]
+        if missing:
+            raise InputError(
+                str(path),
+                f"missing column(s) {', '.join(missing)}; the file has {', '.join(header[:40])}",
+            )
+        return list(features)
+    excluded = set(exclude or []) | reserved
+    names = [h for h in header if h not in excluded]
+    if not names:
+        raise InputError(str(path), "no feature columns left")
+    return names
+
+
+def _number(value: object, path: Path, row: int, column: str) -> float:
+    if value is None or value == "":
+        raise InputError(str(path), f"column {column!r} is missing or empty", row)
+    if isinstance(value, bool):
+        raise InputError(str(path), f"column {column!r} is a boolean, expected a number", row)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(
+            str(path), f"column {column!r} is not a number: {str(value)[:40]!r}", row
+        ) from None
+    if not math.isfinite(number):
+        raise InputError(str(path), f"column {column!r} is {value!s} (NaN/inf not allowed)", row)
+    return number
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header:
+                raise InputError(str(path), "empty file (no header row)")
+            header = [h.strip() for h in header]
+            rows = []
+            for i, values in enumerate(reader):
+                if not values:
+                    continue
+                if len(values) != len(header):
+                    raise InputError(
+                        str(path),
+                        f"has {len(values)} fields, the header has {len(header)}",
+                        i + 1,
+                    )
+                rows.append(dict(zip(header, values, strict=True)))
+    except UnicodeDecodeError as exc:
+        raise InputError(str(path), f"not a text CSV file ({exc.reason})") from None
+    return header, rows
+
+
+def _jsonl_rows(path: Path) -> tuple[list[str], list[dict[str, object]]]:
+    rows: list[dict[str, object]] = []
+    header: list[str] = []
+    try:
+        with open(path) as fh:
+            for i, line in enumerate(fh):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(str(path), f"invalid JSON: {exc.msg}", i + 1) from None
+                if not isinstance(obj, dict):
+                    raise InputError(str(path), "each line must be a JSON object", i + 1)
+                for key in obj:
+                    if key not in header:
+                        header.append(key)
+                rows.append(obj)
+    except UnicodeDecodeError as exc:
+        raise InputError(str(path), f"not a UTF-8 text file ({exc.reason})") from None
+    if not rows:
+        raise InputError(str(path), "no data rows")
+    return header, rows
+
+
+def _read_npz(
+    path: Path, features: list[str] | None, exclude: list[str] | None, label_column: str | None
+) -> Table:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "X" not in data:
+                raise InputError(str(path), "NPZ file must hold an array named 'X'")
+            X = np.asarray(data["X"], dtype=np.float64)
+            y = data["y"] if "y" in data and label_column is not None else None
+            names = (
+                [str(n) for n in data["feature_names"]]
+                if "feature_names" in data
+                else [f"x{i}" for i in range(X.shape[1])]
+            )
+    except (OSError, ValueError) as exc:
+        raise InputError(str(path), f"unreadable NPZ file: {exc}") from None
+    if X.ndim != 2:
+        raise InputError(str(path), f"'X' must be 2-D (records x features), got shape {X.shape}")
+    selected = _feature_names(names, features, exclude, set(), path)
+    X = X[:, [names.index(n) for n in selected]]
+    bad = np.argwhere(~np.isfinite(X))
+    if bad.size:
+        row, col = bad[0]
+        raise InputError(str(path), f"column {selected[col]!r} is NaN/inf", int(row) + 1)
+    labels = None if y is None else np.asarray(y).astype(np.int8).ravel()
+    ids = [str(i + 1) for i in range(len(X))]
+    return Table(path, selected, X, ids, labels)

@@ -1,0 +1,154 @@
+"""Alert-threshold calibration: fit a threshold on scores without retraining the model.
+
+- ``quantile``: the (1 - target FPR) quantile of scores on normal data;
+- ``pot``: peaks-over-threshold, a generalised Pareto tail fitted to the excesses over a high
+  initial quantile (Siffer et al., KDD 2017), for FPR targets too small for the empirical
+  quantile to be trusted;
+- ``f1``: the threshold that maximises F1 on labelled data;
+- ``precision``: the highest threshold whose recall still reaches ``at_recall``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import precision_recall_curve
+
+from anomaly.errors import AnomalyError
+
+METHODS = ("quantile", "pot", "f1", "precision")
+NEEDS_LABELS = ("f1", "precision")
+
+
+@dataclass
+class ThresholdFit:
+    """A fitted threshold, the method and parameters behind it, and what it implies."""
+
+    value: float
+    method: str
+    params: dict[str, Any]
+    implied: dict[str, Any] = field(default_factory=dict)
+
+    def to_entry(self, data_fingerprint: str) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "method": self.method,
+            "params": self.params,
+            "data_fingerprint": data_fingerprint,
+            "implied": self.implied,
+        }
+
+
+def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
+    """Smallest threshold with at most ``target_fpr`` of the normal scores above it."""
+    _check_fpr(target_fpr)
+    scores = np.sort(np.asarray(normal_scores, dtype=np.float64))
+    if scores.size == 0:
+        raise AnomalyError("no normal scores to calibrate a threshold on")
+    return float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
+
+
+def pot_threshold(
+    normal_scores: np.ndarray, target_fpr: float, initial_quantile: float = 0.98
+) -> tuple[float, dict[str, float]]:
+    """SPOT's initial threshold: z_q = t + sigma/xi * ((q n / N_t)^-xi - 1) (xi != 0)."""
+    _check_fpr(target_fpr)
+    scores = np.asarray(normal_scores, dtype=np.float64)
+    t = float(np.quantile(scores, initial_quantile))
+    excesses = scores[scores > t] - t
+    if excesses.size < 10:
+        raise AnomalyError(
+            f"POT needs at least 10 scores above the {initial_quantile:.3f} quantile, "
+            f"got {excesses.size}: give more normal data or lower --initial-quantile"
+        )
+    xi, _, sigma = stats.genpareto.fit(excesses, floc=0.0)
+    ratio = target_fpr * scores.size / excesses.size
+    if abs(xi) < 1e-6:
+        value = t - sigma * np.log(ratio)
+    else:
+        value = t + sigma / xi * (ratio ** (-xi) - 1.0)
+    return float(value), {"initial_threshold": t, "xi": float(xi), "sigma": float(sigma)}
+
+
+def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    precision, recall, thresholds = _pr_curve(scores, labels)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def precision_at_recall_threshold(
+    scores: np.ndarray, labels: np.ndarray, at_recall: float
+) -> float:
+    if not 0.0 < at_recall <= 1.0:
+        raise AnomalyError(f"--at-recall must be in (0, 1], got {at_recall}")
+    precision, recall, thresholds = _pr_curve(scores, labels)
+    ok = np.flatnonzero(recall[:-1] >= at_recall)
+    best = ok[np.argmax(precision[ok])]
+    return float(thresholds[best])
+
+
+def _pr_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    labels = np.asarray(labels).astype(int)
+    if labels.min() == labels.max():
+        raise AnomalyError("labelled methods need both normal (0) and anomalous (1) rows")
+    return precision_recall_curve(labels, scores)
+
+
+def _check_fpr(target_fpr: float) -> None:
+    if not 0.0 < target_fpr < 1.0:
+        raise AnomalyError(f"--target-fpr must be in (0, 1), got {target_fpr}")
+
+
+def implied_rates(
+    threshold: float, scores: np.ndarray, labels: np.ndarray | None
+) -> dict[str, Any]:
+    """What a threshold means on the given data: FPR on normals, recall/precision if labelled."""
+    scores = np.asarray(scores, dtype=np.float64)
+    flagged = scores > threshold
+    if labels is None:
+        return {"fpr": float(flagged.mean()), "n": int(scores.size)}
+    labels = np.asarray(labels).astype(bool)
+    normals, anomalies = ~labels, labels
+    tp = int((flagged & anomalies).sum())
+    fp = int((flagged & normals).sum())
+    return {
+        "fpr": float(fp / max(1, normals.sum())),
+        "recall": float(tp / max(1, anomalies.sum())),
+        "precision": float(tp / max(1, tp + fp)),
+        "n": int(scores.size),
+        "n_anomalies": int(anomalies.sum()),
+    }
+
+
+def fit_threshold(
+    method: str,
+    scores: np.ndarray,
+    labels: np.ndarray | None = None,
+    target_fpr: float = 0.01,
+    at_recall: float = 0.9,
+    initial_quantile: float = 0.98,
+) -> ThresholdFit:
+    """Fit a threshold by ``method``. Label-free methods use only the normal rows."""
+    if method not in METHODS:
+        raise AnomalyError(f"unknown threshold method {method!r}; choose one of {METHODS}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if method in NEEDS_LABELS and labels is None:
+        raise AnomalyError(f"--method {method} needs labelled data (--label-column)")
+    normal = scores if labels is None else scores[np.asarray(labels).astype(int) == 0]
+    params: dict[str, Any]
+    if method == "quantile":
+        value = quantile_threshold(normal, target_fpr)
+        params = {"target_fpr": target_fpr}
+    elif method == "pot":
+        value, tail = pot_threshold(normal, target_fpr, initial_quantile)
+        params = {"target_fpr": target_fpr, "initial_quantile": initial_quantile, **tail}
+    elif method == "f1":
+        value = f1_threshold(scores, labels)
+        params = {}
+    else:
+        value = precision_at_recall_threshold(scores, labels, at_recall)
+        params = {"at_recall": at_recall}
+    return ThresholdFit(value, method, params, implied_rates(value, scores, labels))

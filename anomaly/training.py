@@ -1,0 +1,121 @@
+"""Train a detector on normal data and write a bundle with an initial threshold.
+
+The normal rows are split three ways, seeded: train (fits the scaler and the networks),
+validation (early stopping and the score normalisation), calibration (the initial threshold
+at a target false-positive rate). Labels, when present, only remove anomalies from training.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomaly.bundle import Bundle, fingerprint
+from anomaly.errors import AnomalyError
+from anomaly.preprocessing import TabularPreprocessor
+from anomaly.schema import Schema
+from anomaly.thresholds import fit_threshold
+
+log = logging.getLogger("anomaly.training")
+
+
+def split_normal(
+    n: int, validation_fraction: float, calibration_fraction: float, seed: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded index split of normal rows into (train, validation, calibration)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_cal = max(1, int(round(n * calibration_fraction)))
+    n_val = max(1, int(round(n * validation_fraction)))
+    if n - n_cal - n_val < 8:
+        raise AnomalyError(f"too few normal rows to train on ({n}); need at least ~50")
+    return order[n_cal + n_val :], order[n_cal : n_cal + n_val], order[:n_cal]
+
+
+def make_detector(kind: str, params: dict[str, Any]) -> Any:
+    from detectors import DETECTORS
+
+    if kind not in DETECTORS:
+        raise AnomalyError(f"unknown detector {kind!r}; choose one of {sorted(DETECTORS)}")
+    return DETECTORS[kind](**params)
+
+
+def train_bundle(
+    X: np.ndarray,
+    out_dir: str | Path,
+    schema: Schema,
+    *,
+    labels: np.ndarray | None = None,
+    detector: str = "ganomaly",
+    detector_params: dict[str, Any] | None = None,
+    log1p_columns: list[str] | tuple[str, ...] = (),
+    scaler: str = "standard",
+    image_preprocessing: dict[str, Any] | None = None,
+    target_fpr: float = 0.01,
+    validation_fraction: float = 0.15,
+    calibration_fraction: float = 0.15,
+    seed: int | None = 0,
+    name: str | None = None,
+    source: str | None = None,
+) -> Bundle:
+    """Fit on the normal rows of ``X`` (original units / images in [0, 1]); write a bundle."""
+    X = np.asarray(X)
+    if labels is not None:
+        labels = np.asarray(labels).astype(int)
+        n_dropped = int((labels != 0).sum())
+        X = X[labels == 0]
+        log.info("training on %d normal rows (%d labelled anomalies left out)", len(X), n_dropped)
+    train_idx, val_idx, cal_idx = split_normal(
+        len(X), validation_fraction, calibration_fraction, seed
+    )
+    preprocessor = None
+    if schema.kind == "tabular":
+        preprocessor = TabularPreprocessor(schema.feature_names, list(log1p_columns), scaler)
+        preprocessor.fit(X[train_idx])
+        to_model = preprocessor.transform
+        preprocessing = preprocessor.to_dict()
+    else:
+        to_model = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+        preprocessing = {"kind": "image", **(image_preprocessing or {})}
+
+    params = {"seed": seed, **(detector_params or {})}
+    model = make_detector(detector, params)
+    started = time.perf_counter()
+    model.fit(to_model(X[train_idx]), validation=to_model(X[val_idx]))
+    seconds = time.perf_counter() - started
+
+    calibration = to_model(X[cal_idx])
+    cal_scores = model.score_samples(calibration)
+    import keras
+
+    training = {
+        "source": source,
+        "seed": seed,
+        "n_train": int(len(train_idx)),
+        "n_validation": int(len(val_idx)),
+        "n_calibration": int(len(cal_idx)),
+        "seconds": round(seconds, 2),
+        "keras_backend": keras.backend.backend(),
+        "epochs_run": sum(1 for e in model.training_log_ if "phase" not in e),
+        "calibration_score_quantiles": {
+            str(q): float(np.quantile(cal_scores, q)) for q in (0.5, 0.9, 0.99)
+        },
+        "log": model.training_log_,
+    }
+    bundle = Bundle.create(
+        out_dir,
+        model,
+        schema,
+        preprocessing,
+        name or Path(out_dir).name,
+        training,
+        preprocessor=preprocessor,
+    )
+    fit = fit_threshold("quantile", cal_scores, target_fpr=target_fpr)
+    bundle.append_threshold(
+        {**fit.to_entry(fingerprint(X[cal_idx])), "note": "initial: normal calibration split"}
+    )
+    return bundle

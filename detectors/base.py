@@ -1,0 +1,229 @@
+"""The detector API shared by GANomaly and AnoGAN (scikit-learn / PyOD conventions).
+
+A detector takes arrays in model space (tabular rows already scaled, images in [0, 1])
+and returns arrays; it knows nothing of files, Kafka or the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Batch sizes the compiled scoring functions are traced for: a micro-batch is padded up to
+# the next one, so a stream of ragged batches costs a handful of compiles, not one per size.
+SCORING_BUCKETS = (1, 8, 64, 512, 4096)
+
+
+@dataclass
+class ScoreComponents:
+    """Every part of an anomaly score, one row per record (higher = more anomalous)."""
+
+    score: np.ndarray
+    reconstruction: np.ndarray
+    discriminator: np.ndarray
+    latent: np.ndarray | None
+    contributions: np.ndarray
+    reconstructed: np.ndarray
+
+    def component_names(self) -> list[str]:
+        """Names of the scalar components present, in a stable order."""
+        names = ["reconstruction", "discriminator"]
+        if self.latent is not None:
+            names.append("latent")
+        return names
+
+    def component(self, name: str) -> np.ndarray:
+        """One scalar component by name (``score`` included)."""
+        value = getattr(self, name)
+        if value is None:
+            raise KeyError(f"this detector has no {name!r} component")
+        return value
+
+    def subset(self, idx: np.ndarray | slice) -> ScoreComponents:
+        """The same components for a selection of rows."""
+        return ScoreComponents(
+            **{
+                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
+                for f in fields(self)
+            }
+        )
+
+    def __len__(self) -> int:
+        return int(self.score.shape[0])
+
+    @staticmethod
+    def concatenate(parts: list[ScoreComponents]) -> ScoreComponents:
+        """Join the components of consecutive batches."""
+        first = parts[0]
+        return ScoreComponents(
+            **{
+                f.name: (
+                    None
+                    if getattr(first, f.name) is None
+                    else np.concatenate([getattr(p, f.name) for p in parts], axis=0)
+                )
+                for f in fields(first)
+            }
+        )
+
+
+@dataclass
+class ScoreNormaliser:
+    """Robust per-component scaling fitted on normal validation data.
+
+    Components live on different scales (an L1 pixel error, a squared feature distance), so
+    the combined score weights ``(c - median) / IQR`` of each, with median and IQR taken
+    from normal data only. Test data never enters this fit.
+    """
+
+    weights: dict[str, float]
+    centre: dict[str, float] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)
+
+    def fit(self, raw: dict[str, np.ndarray]) -> ScoreNormaliser:
+        for name in self.weights:
+            values = np.asarray(raw[name], dtype=np.float64)
+            q25, q50, q75 = np.percentile(values, [25, 50, 75])
+            spread = q75 - q25
+            if not np.isfinite(spread) or spread <= 1e-12:
+                spread = float(np.std(values)) or 1.0
+            self.centre[name] = float(q50)
+            self.scale[name] = float(spread)
+        return self
+
+    def combine(self, raw: dict[str, np.ndarray]) -> np.ndarray:
+        total = sum(self.weights.values())
+        combined = np.zeros_like(np.asarray(next(iter(raw.values())), dtype=np.float64))
+        for name, weight in self.weights.items():
+            if weight:
+                combined += weight * (raw[name] - self.centre[name]) / self.scale[name]
+        return (combined / total).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "centre": self.centre, "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoreNormaliser:
+        return cls(
+            weights=dict(data["weights"]),
+            centre=dict(data["centre"]),
+            scale=dict(data["scale"]),
+        )
+
+
+def pad_to_bucket(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Pad a batch along axis 0 up to the next scoring bucket; returns (padded, n_real)."""
+    n = x.shape[0]
+    size = next((b for b in SCORING_BUCKETS if b >= n), SCORING_BUCKETS[-1])
+    if size == n:
+        return x, n
+    pad = np.zeros((size - n,) + x.shape[1:], dtype=x.dtype)
+    return np.concatenate([x, pad], axis=0), n
+
+
+def iter_chunks(n: int, size: int = SCORING_BUCKETS[-1]) -> list[slice]:
+    """Slices that cover ``range(n)`` in chunks of at most ``size``."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class Detector:
+    """Base class: ``fit`` on normal data, ``score_components`` / ``score_samples`` / ``predict``.
+
+    Subclasses implement ``_fit``, ``_raw_components`` and the network (de)serialisation.
+    Fitted attributes end with ``_`` (scikit-learn convention).
+    """
+
+    name = "detector"
+    config_file = "detector.json"
+
+    def __init__(self) -> None:
+        self.threshold_: float | None = None
+        self.normaliser_: ScoreNormaliser | None = None
+        self.training_log_: list[dict[str, Any]] = []
+        self.input_shape_: tuple[int, ...] | None = None
+
+    # --- to be provided by subclasses -------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _raw_components(self, x: np.ndarray) -> ScoreComponents:
+        raise NotImplementedError
+
+    # --- public API ---------------------------------------------------------------------
+    def score_components(self, X: np.ndarray) -> ScoreComponents:
+        """Every score component per record; ``score`` is the documented weighted combination."""
+        self._check_fitted()
+        X = self._check_input(X)
+        parts = [self._raw_components(X[s]) for s in iter_chunks(len(X))]
+        if not parts:
+            empty = np.zeros((0,), np.float32)
+            shape = (0,) + tuple(self.input_shape_)
+            return ScoreComponents(
+                empty, empty, empty, None, np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+            )
+        components = ScoreComponents.concatenate(parts)
+        raw = {name: components.component(name) for name in components.component_names()}
+        components.score = self.normaliser_.combine(raw)
+        return components
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        """The combined anomaly score per record (higher = more anomalous)."""
+        return self.score_components(X).score
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """1 where the score exceeds the fitted threshold, else 0."""
+        if self.threshold_ is None:
+            raise ValueError("no threshold fitted: call fit() with validation data first")
+        return (self.score_samples(X) > self.threshold_).astype(np.int8)
+
+    def fit_normaliser(self, X_normal: np.ndarray) -> None:
+        """Fit the per-component scaling of the combined score on normal data."""
+        parts = [self._raw_components(X_normal[s]) for s in iter_chunks(len(X_normal))]
+        components = ScoreComponents.concatenate(parts)
+        raw = {name: components.component(name) for name in components.component_names()}
+        weights = {k: v for k, v in self.score_weights().items() if k in raw}
+        self.normaliser_ = ScoreNormaliser(weights=weights).fit(raw)
+
+    def score_weights(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if self.normaliser_ is None or self.input_shape_ is None:
+            raise ValueError(f"this {self.name} is not fitted yet")
+
+    def _check_input(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if tuple(X.shape[1:]) != tuple(self.input_shape_):
+            raise ValueError(
+                f"input shape {tuple(X.shape[1:])} does not match the trained shape "
+                f"{tuple(self.input_shape_)}"
+            )
+        if not np.all(np.isfinite(X)):
+            raise ValueError("input contains NaN or infinite values")
+        return X
+
+    # --- persistence ----------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "detector": self.name,
+            "params": self.get_params(),
+            "input_shape": list(self.input_shape_),
+            "threshold": self.threshold_,
+            "normaliser": self.normaliser_.to_dict(),
+            "training_log": self.training_log_,
+        }
+
+    def _restore_state(self, state: dict[str, Any]) -> None:
+        self.input_shape_ = tuple(state["input_shape"])
+        self.threshold_ = state["threshold"]
+        self.normaliser_ = ScoreNormaliser.from_dict(state["normaliser"])
+        self.training_log_ = list(state.get("training_log", []))
+
+    def _write_state(self, directory: Path) -> Path:
+        path = directory / self.config_file
+        path.write_text(json.dumps(self._state(), indent=2))
+        return path

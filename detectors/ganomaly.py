@@ -1,0 +1,385 @@
+"""GANomaly (Akcay et al. 2018): encoder -> decoder -> encoder, with a feature-matching critic.
+
+One ``keras.Model`` trains generator and discriminator together through ``fit``: its
+``compute_loss`` returns ``g_loss + d_loss``, where the generator loss sees the discriminator
+through ``stateless_call`` with stop-gradient weights and the discriminator loss sees
+``stop_gradient(x_hat)``. Each loss therefore only moves its own weights, and the same code
+runs on the TensorFlow, JAX and PyTorch backends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from detectors import networks
+from detectors.base import Detector, ScoreComponents, pad_to_bucket
+from detectors.training import (
+    StabilityMonitor,
+    early_stopping,
+    seed_everything,
+    set_mixed_precision,
+    validation_split,
+)
+
+SUBNETS = ("encoder", "decoder", "encoder2", "discriminator")
+
+
+def _bce_logits(target: float, logits: Any) -> Any:
+    labels = ops.full_like(logits, target)
+    return ops.mean(ops.binary_crossentropy(labels, logits, from_logits=True))
+
+
+def _per_sample_mean(x: Any) -> Any:
+    return ops.mean(x, axis=tuple(range(1, len(x.shape))))
+
+
+class GANomalyNet(keras.Model):
+    """The trainable GANomaly: generator (E, D, E2) and discriminator in one model."""
+
+    def __init__(
+        self,
+        subnets: dict[str, keras.Model],
+        build_discriminator: Any,
+        w_adv: float,
+        w_con: float,
+        w_enc: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.encoder = subnets["encoder"]
+        self.decoder = subnets["decoder"]
+        self.encoder2 = subnets["encoder2"]
+        self.discriminator = subnets["discriminator"]
+        self.build_discriminator = build_discriminator
+        self.w_adv, self.w_con, self.w_enc = float(w_adv), float(w_con), float(w_enc)
+        self.g_tracker = keras.metrics.Mean(name="g_loss")
+        self.d_tracker = keras.metrics.Mean(name="d_loss")
+        self.adv_tracker = keras.metrics.Mean(name="adv")
+        self.con_tracker = keras.metrics.Mean(name="con")
+        self.enc_tracker = keras.metrics.Mean(name="enc")
+
+    def call(self, x: Any, training: bool = False) -> tuple[Any, Any, Any]:
+        z = self.encoder(x, training=training)
+        x_hat = self.decoder(z, training=training)
+        z_hat = self.encoder2(x_hat, training=training)
+        return x_hat, z, z_hat
+
+    def compute_loss(
+        self,
+        x: Any = None,
+        y: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        training: bool = True,
+    ) -> Any:
+        x_hat, z, z_hat = y_pred
+        x = ops.cast(x, "float32")
+        disc = self.discriminator
+        frozen = [ops.stop_gradient(v) for v in disc.trainable_variables]
+        state = [v.value for v in disc.non_trainable_variables]
+        (_, feat_real), _ = disc.stateless_call(frozen, state, x, training=training)
+        (_, feat_fake), _ = disc.stateless_call(frozen, state, x_hat, training=training)
+        adv = ops.mean(ops.square(ops.stop_gradient(feat_real) - feat_fake))
+        con = ops.mean(ops.abs(x - x_hat))
+        enc = ops.mean(ops.square(z - z_hat))
+        g_loss = self.w_adv * adv + self.w_con * con + self.w_enc * enc
+
+        logit_real, _ = disc(x, training=training)
+        logit_fake, _ = disc(ops.stop_gradient(x_hat), training=training)
+        d_loss = 0.5 * (_bce_logits(1.0, logit_real) + _bce_logits(0.0, logit_fake))
+
+        for tracker, value in (
+            (self.g_tracker, g_loss),
+            (self.d_tracker, d_loss),
+            (self.adv_tracker, adv),
+            (self.con_tracker, con),
+            (self.enc_tracker, enc),
+        ):
+            tracker.update_state(value)
+        return g_loss + d_loss
+
+    def reinitialise_discriminator(self) -> None:
+        """Fresh random discriminator weights (the reference's answer to D collapse)."""
+        fresh = self.build_discriminator()
+        for var, value in zip(self.discriminator.weights, fresh.weights, strict=True):
+            var.assign(value)
+
+
+class GANomaly(Detector):
+    """GANomaly detector, dense (feature vectors) or convolutional (images, any H x W x C).
+
+    Score components: ``reconstruction`` = mean |x - x_hat|, ``latent`` = mean (z - z_hat)^2
+    (the paper's score), ``discriminator`` = mean squared distance of discriminator features.
+    ``score`` = weighted mean of the components, each robustly scaled by the median and IQR
+    it has on the normal validation split (default weights 1/1/1).
+    """
+
+    name = "ganomaly"
+
+    def __init__(
+        self,
+        variant: str = "auto",
+        latent_dim: int | None = None,
+        hidden: tuple[int, ...] = (64, 32),
+        filters: int = 32,
+        w_adv: float = 1.0,
+        w_con: float = 50.0,
+        w_enc: float = 1.0,
+        learning_rate: float = 2e-4,
+        beta_1: float = 0.5,
+        epochs: int = 15,
+        batch_size: int = 64,
+        patience: int = 5,
+        validation_fraction: float = 0.15,
+        score_weights: dict[str, float] | None = None,
+        d_collapse_threshold: float = 1e-5,
+        mixed_precision: bool = False,
+        seed: int | None = 0,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__()
+        self.variant = variant
+        self.latent_dim = latent_dim
+        self.hidden = tuple(hidden)
+        self.filters = filters
+        self.w_adv, self.w_con, self.w_enc = w_adv, w_con, w_enc
+        self.learning_rate = learning_rate
+        self.beta_1 = beta_1
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.weights = dict(
+            score_weights or {"reconstruction": 1.0, "latent": 1.0, "discriminator": 1.0}
+        )
+        self.d_collapse_threshold = d_collapse_threshold
+        self.mixed_precision = mixed_precision
+        self.seed = seed
+        self.verbose = verbose
+        self.subnets_: dict[str, keras.Model] | None = None
+        self.latent_mean_: np.ndarray | None = None
+        self.latent_std_: np.ndarray | None = None
+        self._scorer: keras.Model | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "latent_dim": self.latent_dim,
+            "hidden": list(self.hidden),
+            "filters": self.filters,
+            "w_adv": self.w_adv,
+            "w_con": self.w_con,
+            "w_enc": self.w_enc,
+            "learning_rate": self.learning_rate,
+            "beta_1": self.beta_1,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "patience": self.patience,
+            "validation_fraction": self.validation_fraction,
+            "score_weights": self.weights,
+            "d_collapse_threshold": self.d_collapse_threshold,
+            "mixed_precision": self.mixed_precision,
+            "seed": self.seed,
+        }
+
+    def score_weights(self) -> dict[str, float]:
+        return self.weights
+
+    # --- shapes ---------------------------------------------------------------------------
+    @property
+    def is_image(self) -> bool:
+        return len(self.input_shape_) == 3
+
+    def _model_shape(self) -> tuple[int, ...]:
+        if not self.is_image:
+            return tuple(self.input_shape_)
+        h, w, c = self.input_shape_
+        side = networks.padded_side(h, w)
+        return (side, side, c)
+
+    def _to_model(self, x: np.ndarray) -> np.ndarray:
+        """Zero-pad images (centred) up to the power-of-two square the conv nets need."""
+        if not self.is_image:
+            return x
+        h, w, _ = self.input_shape_
+        side = self._model_shape()[0]
+        top, left = (side - h) // 2, (side - w) // 2
+        if side == h == w:
+            return x
+        return np.pad(x, ((0, 0), (top, side - h - top), (left, side - w - left), (0, 0)))
+
+    def _from_model(self, x: np.ndarray) -> np.ndarray:
+        if not self.is_image:
+            return x
+        h, w, _ = self.input_shape_
+        side = self._model_shape()[0]
+        top, left = (side - h) // 2, (side - w) // 2
+        return x[:, top : top + h, left : left + w, :]
+
+    def _resolved_latent_dim(self) -> int:
+        if self.latent_dim:
+            return int(self.latent_dim)
+        return 100 if self.is_image else max(4, self.input_shape_[0] // 2)
+
+    def _build_subnets(self) -> dict[str, keras.Model]:
+        latent = self._resolved_latent_dim()
+        shape = self._model_shape()
+        if self.is_image:
+            side, ch = shape[0], shape[2]
+            return {
+                "encoder": networks.conv_encoder(side, ch, latent, self.filters, "encoder"),
+                "decoder": networks.conv_decoder(side, ch, latent, self.filters, "decoder"),
+                "encoder2": networks.conv_encoder(side, ch, latent, self.filters, "encoder2"),
+                "discriminator": self._build_discriminator(),
+            }
+        dim = shape[0]
+        return {
+            "encoder": networks.dense_encoder(dim, latent, self.hidden, "encoder"),
+            "decoder": networks.dense_decoder(latent, dim, self.hidden, "decoder"),
+            "encoder2": networks.dense_encoder(dim, latent, self.hidden, "encoder2"),
+            "discriminator": self._build_discriminator(),
+        }
+
+    def _build_discriminator(self) -> keras.Model:
+        shape = self._model_shape()
+        if self.is_image:
+            return networks.conv_discriminator(shape[0], shape[2], self.filters)
+        return networks.dense_discriminator(shape[0], self.hidden)
+
+    # --- training ---------------------------------------------------------------------------
+    def fit(
+        self,
+        X: np.ndarray,
+        validation: np.ndarray | None = None,
+        epochs: int | None = None,
+    ) -> GANomaly:
+        """Train on normal data; early-stop and select weights on the normal validation split."""
+        X = np.asarray(X, dtype=np.float32)
+        if self.variant not in ("auto", "dense", "conv"):
+            raise ValueError(f"unknown GANomaly variant {self.variant!r}")
+        expect_image = X.ndim == 4
+        if self.variant != "auto" and (self.variant == "conv") != expect_image:
+            raise ValueError(f"variant {self.variant!r} does not fit input of shape {X.shape}")
+        seed_everything(self.seed)
+        set_mixed_precision(self.mixed_precision)
+        self.input_shape_ = tuple(X.shape[1:])
+        if validation is None:
+            X, validation = validation_split(X, self.validation_fraction, self.seed)
+        validation = self._check_input(validation)
+        X_model, val_model = self._to_model(X), self._to_model(validation)
+
+        self.subnets_ = self._build_subnets()
+        net = GANomalyNet(
+            self.subnets_, self._build_discriminator, self.w_adv, self.w_con, self.w_enc
+        )
+        net.compile(
+            optimizer=keras.optimizers.Adam(self.learning_rate, beta_1=self.beta_1),
+            jit_compile="auto",
+        )
+        monitor = StabilityMonitor(
+            sample=val_model[:512],
+            generate=lambda s: net.decoder.predict_on_batch(net.encoder.predict_on_batch(s)),
+            reinit_discriminator=net.reinitialise_discriminator,
+            d_collapse_threshold=self.d_collapse_threshold,
+        )
+        net.fit(
+            X_model,
+            validation_data=(val_model,),
+            epochs=epochs or self.epochs,
+            batch_size=self.batch_size,
+            shuffle=True,
+            verbose=self.verbose,
+            callbacks=[monitor, early_stopping("val_con", self.patience)],
+        )
+        set_mixed_precision(False)
+        self.training_log_ = monitor.history
+        self._scorer = None
+        latents = np.concatenate(
+            [
+                np.asarray(self.subnets_["encoder"].predict_on_batch(X_model[i : i + 4096]))
+                for i in range(0, len(X_model), 4096)
+            ]
+        )
+        self.latent_mean_ = latents.mean(axis=0)
+        self.latent_std_ = latents.std(axis=0) + 1e-6
+        self.fit_normaliser(validation)
+        return self
+
+    # --- scoring ------------------------------------------------------------------------------
+    def _scoring_model(self) -> keras.Model:
+        """One inference-mode graph giving x_hat and the latent and feature errors."""
+        if self._scorer is None:
+            s = self.subnets_
+            inputs = keras.Input(self._model_shape())
+            z = s["encoder"](inputs)
+            x_hat = s["decoder"](z)
+            z_hat = s["encoder2"](x_hat)
+            _, feat_real = s["discriminator"](inputs)
+            _, feat_fake = s["discriminator"](x_hat)
+            latent = ops.mean(ops.square(z - z_hat), axis=-1)
+            disc = _per_sample_mean(ops.square(feat_real - feat_fake))
+            self._scorer = keras.Model(inputs, [x_hat, latent, disc], name="ganomaly_scorer")
+        return self._scorer
+
+    def _raw_components(self, x: np.ndarray) -> ScoreComponents:
+        padded, n = pad_to_bucket(self._to_model(x))
+        x_hat, latent, disc = self._scoring_model().predict_on_batch(padded)
+        x_hat = self._from_model(np.asarray(x_hat, dtype=np.float32)[:n])
+        residual = np.abs(x - x_hat)
+        return ScoreComponents(
+            score=np.zeros(n, np.float32),
+            reconstruction=residual.reshape(n, -1).mean(axis=1),
+            discriminator=np.asarray(disc, np.float32)[:n],
+            latent=np.asarray(latent, np.float32)[:n],
+            contributions=residual,
+            reconstructed=x_hat,
+        )
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """Synthetic normal records: decode codes drawn from the training data's latent Gaussian."""
+        self._check_fitted()
+        rng = np.random.default_rng(seed)
+        z = rng.normal(self.latent_mean_, self.latent_std_, size=(n, len(self.latent_mean_)))
+        out = [
+            np.asarray(self.subnets_["decoder"].predict_on_batch(z[i : i + 4096].astype("float32")))
+            for i in range(0, n, 4096)
+        ]
+        return self._from_model(np.concatenate(out).astype(np.float32))
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> list[Path]:
+        """Write one native .keras file per sub-network plus ``detector.json``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        files = []
+        for name in SUBNETS:
+            path = directory / f"{name}.keras"
+            self.subnets_[name].save(path)
+            files.append(path)
+        np.savez(directory / "latent.npz", mean=self.latent_mean_, std=self.latent_std_)
+        files.append(directory / "latent.npz")
+        files.append(self._write_state(directory))
+        return files
+
+    @classmethod
+    def load(cls, directory: str | Path, state: dict[str, Any]) -> GANomaly:
+        """Rebuild from ``save``'s files (Keras safe mode: no arbitrary code is deserialised)."""
+        directory = Path(directory)
+        params = dict(state["params"])
+        params["hidden"] = tuple(params["hidden"])
+        detector = cls(**params)
+        detector._restore_state(state)
+        detector.subnets_ = {
+            name: keras.saving.load_model(
+                directory / f"{name}.keras", safe_mode=True, compile=False
+            )
+            for name in SUBNETS
+        }
+        with np.load(directory / "latent.npz", allow_pickle=False) as latent:
+            detector.latent_mean_, detector.latent_std_ = latent["mean"], latent["std"]
+        return detector

@@ -1,0 +1,126 @@
+"""Small builder functions for the GAN sub-networks (keras-io style, functional models).
+
+Dense variants serve feature vectors; DCGAN-style convolutional variants serve images whose
+side is a power of two >= 16 (the detectors pad other sizes up to one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers
+
+
+def _dense_stack(x: keras.KerasTensor, units: tuple[int, ...], name: str) -> keras.KerasTensor:
+    for i, n in enumerate(units):
+        x = layers.Dense(n, name=f"{name}_dense{i}")(x)
+        x = layers.LeakyReLU(0.2, name=f"{name}_act{i}")(x)
+    return x
+
+
+def dense_encoder(
+    input_dim: int, latent_dim: int, hidden: tuple[int, ...], name: str = "encoder"
+) -> keras.Model:
+    """Feature vector -> latent code."""
+    inputs = keras.Input((input_dim,), name=f"{name}_input")
+    x = _dense_stack(inputs, hidden, name)
+    z = layers.Dense(latent_dim, name=f"{name}_latent", dtype="float32")(x)
+    return keras.Model(inputs, z, name=name)
+
+
+def dense_decoder(
+    latent_dim: int, output_dim: int, hidden: tuple[int, ...], name: str = "decoder"
+) -> keras.Model:
+    """Latent code -> feature vector (linear output: inputs are standardised, not bounded)."""
+    inputs = keras.Input((latent_dim,), name=f"{name}_input")
+    x = _dense_stack(inputs, tuple(reversed(hidden)), name)
+    out = layers.Dense(output_dim, name=f"{name}_output", dtype="float32")(x)
+    return keras.Model(inputs, out, name=name)
+
+
+def dense_discriminator(
+    input_dim: int, hidden: tuple[int, ...], name: str = "discriminator"
+) -> keras.Model:
+    """Feature vector -> (real/fake logit, feature layer used for feature matching)."""
+    inputs = keras.Input((input_dim,), name=f"{name}_input")
+    features = _dense_stack(inputs, hidden, name)
+    features = layers.Activation("linear", dtype="float32", name=f"{name}_features")(features)
+    logit = layers.Dense(1, name=f"{name}_logit", dtype="float32")(features)
+    return keras.Model(inputs, [logit, features], name=name)
+
+
+def _n_downsamples(side: int) -> int:
+    if side < 16 or side & (side - 1):
+        raise ValueError(f"convolutional networks need a power-of-two side >= 16, got {side}")
+    return int(math.log2(side)) - 2
+
+
+def conv_encoder(
+    side: int, channels: int, latent_dim: int, filters: int, name: str = "encoder"
+) -> keras.Model:
+    """DCGAN encoder: strided 4x4 convolutions down to 4x4, then a 4x4 'valid' conv to z."""
+    inputs = keras.Input((side, side, channels), name=f"{name}_input")
+    x = inputs
+    for i in range(_n_downsamples(side)):
+        x = layers.Conv2D(
+            filters * 2**i, 4, strides=2, padding="same", use_bias=False, name=f"{name}_conv{i}"
+        )(x)
+        if i > 0:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.LeakyReLU(0.2, name=f"{name}_act{i}")(x)
+    x = layers.Conv2D(latent_dim, 4, padding="valid", use_bias=False, name=f"{name}_to_latent")(x)
+    z = layers.Flatten(name=f"{name}_flatten", dtype="float32")(x)
+    return keras.Model(inputs, z, name=name)
+
+
+def conv_decoder(
+    side: int, channels: int, latent_dim: int, filters: int, name: str = "decoder"
+) -> keras.Model:
+    """DCGAN generator: z -> 4x4 -> transposed strided convs up to side x side, sigmoid out."""
+    n = _n_downsamples(side)
+    inputs = keras.Input((latent_dim,), name=f"{name}_input")
+    x = layers.Reshape((1, 1, latent_dim), name=f"{name}_reshape")(inputs)
+    x = layers.Conv2DTranspose(
+        filters * 2 ** (n - 1), 4, padding="valid", use_bias=False, name=f"{name}_from_latent"
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn_in")(x)
+    x = layers.ReLU(name=f"{name}_act_in")(x)
+    for i in reversed(range(1, n)):
+        x = layers.Conv2DTranspose(
+            filters * 2 ** (i - 1),
+            4,
+            strides=2,
+            padding="same",
+            use_bias=False,
+            name=f"{name}_deconv{i}",
+        )(x)
+        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.ReLU(name=f"{name}_act{i}")(x)
+    x = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", name=f"{name}_to_image")(x)
+    out = layers.Activation("sigmoid", dtype="float32", name=f"{name}_output")(x)
+    return keras.Model(inputs, out, name=name)
+
+
+def conv_discriminator(
+    side: int, channels: int, filters: int, name: str = "discriminator"
+) -> keras.Model:
+    """DCGAN discriminator: image -> (logit, last 4x4 feature map for feature matching)."""
+    inputs = keras.Input((side, side, channels), name=f"{name}_input")
+    x = inputs
+    for i in range(_n_downsamples(side)):
+        x = layers.Conv2D(
+            filters * 2**i, 4, strides=2, padding="same", use_bias=False, name=f"{name}_conv{i}"
+        )(x)
+        if i > 0:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.LeakyReLU(0.2, name=f"{name}_act{i}")(x)
+    features = layers.Activation("linear", dtype="float32", name=f"{name}_features")(x)
+    x = layers.Conv2D(1, 4, padding="valid", name=f"{name}_to_logit")(features)
+    logit = layers.Flatten(name=f"{name}_logit", dtype="float32")(x)
+    return keras.Model(inputs, [logit, features], name=name)
+
+
+def padded_side(height: int, width: int) -> int:
+    """The power-of-two square side (>= 16) an image of this size is padded to."""
+    return max(16, 1 << (max(height, width) - 1).bit_length())

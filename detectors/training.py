@@ -1,0 +1,111 @@
+"""Training helpers shared by the GAN detectors: seeding, the stability monitor, callbacks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+log = logging.getLogger("detectors.training")
+
+
+def seed_everything(seed: int | None) -> None:
+    """Seed Python, NumPy and the Keras backend so a run can be repeated."""
+    if seed is not None:
+        keras.utils.set_random_seed(int(seed))
+
+
+def set_mixed_precision(enabled: bool) -> None:
+    """Mixed float16 compute for GPUs (losses stay float32; slower on CPU, so opt-in)."""
+    keras.mixed_precision.set_global_policy("mixed_float16" if enabled else "float32")
+
+
+def validation_split(
+    X: np.ndarray, fraction: float, seed: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random split of normal data into (train, validation)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(X))
+    n_val = max(1, int(round(len(X) * fraction)))
+    return X[order[n_val:]], X[order[:n_val]]
+
+
+class StabilityMonitor(keras.callbacks.Callback):
+    """Watches a GAN while it trains and says what goes wrong.
+
+    - logs every epoch's losses (kept in ``history`` for the model manifest);
+    - discriminator collapse: when the epoch's mean discriminator loss falls under
+      ``d_collapse_threshold`` the discriminator is re-initialised, as the GANomaly reference
+      implementation does (checked per epoch: on JAX the weights are only synced then);
+    - generator mode collapse: when the generator's outputs on a fixed sample vary far less
+      than the data (variance ratio under ``mode_collapse_ratio``) after ``warmup_epochs``
+      (a fresh generator starts near a constant), it logs a warning.
+    """
+
+    def __init__(
+        self,
+        sample: np.ndarray,
+        generate: Callable[[np.ndarray], np.ndarray],
+        reinit_discriminator: Callable[[], None] | None,
+        d_collapse_threshold: float = 1e-5,
+        mode_collapse_ratio: float = 0.05,
+        warmup_epochs: int = 2,
+    ) -> None:
+        super().__init__()
+        self.sample = sample
+        self.generate = generate
+        self.reinit_discriminator = reinit_discriminator
+        self.d_collapse_threshold = d_collapse_threshold
+        self.mode_collapse_ratio = mode_collapse_ratio
+        self.warmup_epochs = warmup_epochs
+        self.data_variance = float(np.mean(np.var(sample, axis=0))) or 1.0
+        self.history: list[dict[str, Any]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        generated = np.asarray(self.generate(self.sample))
+        ratio = float(np.mean(np.var(generated, axis=0))) / self.data_variance
+        entry: dict[str, Any] = {"epoch": epoch + 1, **logs, "output_variance_ratio": ratio}
+        events = []
+        d_loss = logs.get("d_loss")
+        if (
+            d_loss is not None
+            and self.reinit_discriminator is not None
+            and d_loss < self.d_collapse_threshold
+        ):
+            self.reinit_discriminator()
+            events.append("discriminator_collapse_reinitialised")
+            log.warning(
+                "epoch %d: discriminator loss %.2e < %.0e, discriminator re-initialised",
+                epoch + 1,
+                d_loss,
+                self.d_collapse_threshold,
+            )
+        if epoch >= self.warmup_epochs and ratio < self.mode_collapse_ratio:
+            events.append("generator_mode_collapse")
+            log.warning(
+                "epoch %d: generator output variance is %.3f of the data's: mode collapse",
+                epoch + 1,
+                ratio,
+            )
+        if not np.all(np.isfinite(list(logs.values()))):
+            events.append("non_finite_loss")
+            log.warning("epoch %d: non-finite loss %s", epoch + 1, logs)
+            self.model.stop_training = True
+        entry["events"] = events
+        self.history.append(entry)
+        log.info(
+            "epoch %d %s",
+            epoch + 1,
+            " ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)),
+        )
+
+
+def early_stopping(monitor: str, patience: int) -> keras.callbacks.EarlyStopping:
+    """Label-free model selection: stop on the normal validation split's loss, keep the best."""
+    return keras.callbacks.EarlyStopping(
+        monitor=monitor, mode="min", patience=patience, restore_best_weights=True
+    )
