@@ -210,6 +210,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "anomaly"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # error replies to garbage still get a status line
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
     timeout = 5
     metrics: Metrics
 
@@ -287,7 +290,7 @@ class MetricsServer:
         handler = type("Handler", (_Handler,), {"metrics": metrics})
         self._server = _Server((host, port), handler)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics-http", daemon=True
+            target=self._server.serve_forever, args=(0.1,), name="metrics-http", daemon=True
         )
 
     @property
