@@ -278,5 +278,66 @@ def info(bundle_dir: Path, as_json: bool) -> None:
     click.echo(json.dumps(manifest, indent=2) if as_json else describe_manifest(manifest))
 
 
+@main.command("score-images")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option(
+    "--window",
+    nargs=2,
+    type=float,
+    default=None,
+    help="DICOM window CENTER WIDTH (overrides the files' tags and the trained window).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def score_images(
+    bundle_dir: Path,
+    source: Path,
+    out: Path,
+    batch_size: int,
+    window: tuple[float, float] | None,
+    quiet: bool,
+) -> None:
+    """Score a folder tree of PNG/JPEG/TIFF/DICOM (or an IDX/NPZ file); write an HTML report.
+
+    Exit code 1 when any file could not be read (listed in errors.csv and the report).
+    """
+    from anomaly.imaging import discover_files
+    from anomaly.report import score_images as score_to_report
+
+    bundle = _load_bundle(bundle_dir)
+    paths = discover_files(source)
+    if not paths:
+        raise AnomalyError(f"{source}: no PNG/JPEG/TIFF/DICOM/IDX/NPZ files found")
+    with click.progressbar(length=len(paths), label="scoring files", hidden=quiet) as bar:
+        summary = score_to_report(
+            bundle, source, out, batch_size, window, lambda _: bar.update(1), paths
+        )
+    click.echo(
+        f"scored {summary.scored} images, {summary.flagged} above threshold "
+        f"{summary.threshold:.6g}; {summary.failed_files} unreadable files"
+    )
+    click.echo(f"wrote {summary.out_dir / 'index.html'}")
+    if summary.failed_files:
+        click.echo(f"error: {summary.failed_files} files failed, see errors.csv", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.option("-n", "n", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def generate(bundle_dir: Path, n: int, out: Path, seed: int) -> None:
+    """Sample synthetic normal records (CSV, original units) or images (PNG) for augmentation."""
+    from anomaly.generate import generate as write_samples
+
+    bundle = _load_bundle(bundle_dir)
+    files = write_samples(bundle, n, out, seed)
+    what = "images" if bundle.schema.kind == "image" else f"rows to {files[0]}"
+    click.echo(f"wrote {n} synthetic normal {what} under {out}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from anomaly.errors import AnomalyError
 from PIL import Image
+
+from anomaly.errors import InputError
 
 PIL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -41,7 +42,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class ImageReadError(AnomalyError):
+class ImageReadError(InputError):
     """A file (or one frame of it) that cannot be turned into an image, with a reason code.
 
     Reason codes: ``unreadable`` (not an image / unknown format), ``truncated``,
@@ -55,7 +56,7 @@ class ImageReadError(AnomalyError):
         self.message = message
         self.frame = frame
         where = self.path if frame is None else f"{self.path} frame {frame}"
-        super().__init__(f"{where}: {reason}: {message}")
+        super().__init__(where, f"{reason}: {message}")
 
 
 @dataclass(frozen=True)

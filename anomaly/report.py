@@ -20,14 +20,22 @@ import html
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from anomaly.imaging import ImageMeta, ImageReadError
+from anomaly.errors import BundleError
+from anomaly.imaging import (
+    ImageMeta,
+    ImageReadError,
+    PreprocessOptions,
+    discover_files,
+    iter_batches,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = (
@@ -345,6 +353,67 @@ def write_report(
         writer.add(metas, inputs, reconstructions, residuals, scores, components)
         writer.add_errors(errors)
         return writer.close()
+
+
+def bundle_image_options(
+    bundle: Any, dicom_window: tuple[float, float] | None = None
+) -> PreprocessOptions:
+    """The preprocessing the bundle was trained with (manifest), at the schema's image shape.
+
+    ``dicom_window`` overrides the trained window (a site's preferred preset); geometry and
+    channels never change, since the network only knows one shape.
+    """
+    if bundle.schema.kind != "image":
+        raise BundleError(f"{bundle.path}: a {bundle.schema.kind} bundle cannot score images")
+    h, w, c = bundle.schema.image_shape
+    stored = dict(bundle.manifest.get("preprocessing") or {})
+    options = PreprocessOptions.from_dict(
+        {"fit": "center_crop", **stored, "height": h, "width": w, "channels": c}
+    )
+    if dicom_window is not None:
+        options = PreprocessOptions(h, w, c, options.fit, dicom_window)
+    return options
+
+
+def score_images(
+    bundle: Any,
+    source: str | Path,
+    out_dir: str | Path,
+    batch_size: int = 256,
+    dicom_window: tuple[float, float] | None = None,
+    on_file_done: Callable[[Path], None] | None = None,
+    paths: Sequence[Path] | None = None,
+) -> ReportSummary:
+    """Score every image under ``source`` in batches and write the report to ``out_dir``.
+
+    Memory stays bounded by one batch: files are decoded lazily, CSV rows and thumbnails are
+    written per batch. ``paths`` (from :func:`discover_files`) may be passed in when the
+    caller already listed them, e.g. to size a progress bar.
+    """
+    options = bundle_image_options(bundle, dicom_window)
+    files = list(paths) if paths is not None else discover_files(source)
+    names = _component_names(bundle)
+    model = f"{bundle.model_name} {bundle.model_version}"
+    title = f"Imaging anomaly report: {source}"
+    with ReportWriter(out_dir, bundle.threshold, names, title=title, model=model) as writer:
+        for batch in iter_batches(files, options, batch_size, on_file_done):
+            if batch.metas:
+                comps = bundle.score(batch.images)
+                writer.add(
+                    batch.metas,
+                    batch.images,
+                    comps.reconstructed,
+                    comps.contributions,
+                    comps.score,
+                    {n: comps.component(n) for n in names},
+                )
+            writer.add_errors(batch.errors)
+        return writer.close()
+
+
+def _component_names(bundle: Any) -> list[str]:
+    """Scalar component names recorded in the manifest: the CSV header is written up front."""
+    return list(bundle.manifest.get("score", {}).get("components", ["reconstruction"]))
 
 
 # ---------------------------------------------------------------------------------------------

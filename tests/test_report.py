@@ -148,3 +148,148 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     # yellow/orange pixels exist only if the <img> elements rendered
     r, g, b = (pixels[..., k].astype(int) for k in range(3))
     assert int(((r > 200) & (b < 120) & (r - b > 120)).sum()) > 50
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end through the CLI: train on PNG discs, score a mixed folder of PNG and DICOM files
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    import pydicom
+    from click.testing import CliRunner
+    from imaging_fixtures import disc_image, to_stored, write_dicom, write_png, write_truncated_png
+
+    from anomaly.cli import main
+
+    root = tmp_path_factory.mktemp("e2e")
+    for i, img in enumerate(normal_discs(160, 16, seed=1)):
+        write_png(root / "train" / f"n{i:03d}.png", img)
+    runner = CliRunner()
+    options = "--epochs 10 --batch-size 16 --filters 8 --latent-dim 16 --target-fpr 0.05 --quiet"
+    trained = runner.invoke(
+        main,
+        ["train", str(root / "train"), "--images", "--out", str(root / "bundle"), *options.split()],
+    )
+    assert trained.exit_code == 0, trained.output
+    scan = root / "scan"
+    for i, img in enumerate(normal_discs(6, 16, seed=2)):
+        write_png(scan / "png" / f"normal{i}.png", img)
+    write_png(scan / "png" / "cross.png", cross_image(16))
+    write_png(scan / "png" / "white.png", np.ones((16, 16), np.float32))
+    write_truncated_png(scan / "png" / "broken.png", np.random.default_rng(0).random((16, 16)))
+    disc = disc_image(16, 4)
+    window = (40.0, 400.0)
+    mono2 = write_dicom(
+        scan / "dcm" / "mono2.dcm",
+        to_stored(disc, 2, -1024, *window),
+        "MONOCHROME2",
+        2,
+        -1024,
+        window,
+    )
+    # MONOCHROME1 stores the inverted image: after inversion it is a normal disc again
+    write_dicom(
+        scan / "dcm" / "mono1.dcm",
+        to_stored(1 - disc, 2, -1024, *window),
+        "MONOCHROME1",
+        2,
+        -1024,
+        window,
+    )
+    frames = np.stack(
+        [to_stored(x, 1, 0, 2048, 4096) for x in (disc, cross_image(16), disc_image(16, 5))]
+    )
+    multi = write_dicom(scan / "dcm" / "series" / "multi.dcm", frames, window=(2048, 4096))
+    write_dicom(scan / "dcm" / "nopixels.dcm", np.zeros((16, 16)), with_pixels=False)
+    result = runner.invoke(
+        main,
+        [
+            "score-images",
+            "--bundle",
+            str(root / "bundle"),
+            str(scan),
+            "--out",
+            str(root / "report"),
+        ],
+    )
+    uids = {
+        "mono2": pydicom.dcmread(scan / "dcm" / "mono2.dcm").SOPInstanceUID,
+        "multi": multi.SOPInstanceUID,
+        "mono2_study": mono2.StudyInstanceUID,
+    }
+    return root, result, uids
+
+
+def test_cli_scores_every_readable_frame_and_exits_non_zero(scored):
+    root, result, uids = scored
+    assert result.exit_code == 1, result.output  # two files could not be read
+    assert "scoring files" in result.output  # the progress bar
+    rows = _rows(root / "report" / "scores.csv")
+    by_name = {(Path(r["path"]).name, r["frame"]): r for r in rows}
+    expected = {(f"normal{i}.png", "") for i in range(6)} | {
+        ("cross.png", ""),
+        ("white.png", ""),
+        ("mono1.dcm", ""),
+        ("mono2.dcm", ""),
+        ("multi.dcm", "0"),
+        ("multi.dcm", "1"),
+        ("multi.dcm", "2"),
+    }
+    assert set(by_name) == expected
+    assert by_name[("mono2.dcm", "")]["SOPInstanceUID"] == uids["mono2"]
+    assert by_name[("mono2.dcm", "")]["StudyInstanceUID"] == uids["mono2_study"]
+    assert {by_name[("multi.dcm", f)]["SOPInstanceUID"] for f in "012"} == {uids["multi"]}
+    assert by_name[("cross.png", "")]["SOPInstanceUID"] == ""
+    for row in rows:
+        assert {"reconstruction", "latent", "discriminator"} <= set(row)
+        assert row["is_anomaly"] in ("0", "1")
+
+
+def test_cli_errors_csv_lists_the_corrupt_files_with_reasons(scored):
+    root, _, _ = scored
+    errors = {Path(r["path"]).name: r["reason"] for r in _rows(root / "report" / "errors.csv")}
+    assert errors == {"broken.png": "truncated", "nopixels.dcm": "no_pixel_data"}
+
+
+def test_cli_report_references_every_flagged_image(scored):
+    root, _, _ = scored
+    rows = _rows(root / "report" / "scores.csv")
+    flagged = [r for r in rows if r["is_anomaly"] == "1"]
+    assert flagged, "the white image and the cross should be above a 5 % FPR threshold"
+    assert any(Path(r["path"]).name == "white.png" for r in flagged)
+    page = (root / "report" / "index.html").read_text()
+    cards = page.split("<section class='card'")[1:]
+    assert len(cards) == len(flagged)
+    for row in flagged:
+        label = row["path"] + ("" if row["frame"] == "" else f" · frame {row['frame']}")
+        [card] = [c for c in cards if "<h3>#" in c and label in c.split("</h3>")[0]]
+        for rel in [part.split("'")[0] for part in card.split("src='")[1:]]:
+            assert (root / "report" / rel).is_file()
+    scores = [float(r["score"]) for r in flagged]
+    ranks = [page.index(f"score <b>{s:.6g}</b>") for s in sorted(scores, reverse=True)]
+    assert ranks == sorted(ranks)  # highest score first
+
+
+@needs_chromium
+def test_cli_report_renders_non_blank_in_chromium(scored, tmp_path):
+    root, _, _ = scored
+    png = screenshot(root / "report" / "index.html", tmp_path / "report.png", 1200, 900)
+    assert not image_is_blank(png)
+
+
+def test_generate_writes_synthetic_normal_pngs(scored, tmp_path):
+    from click.testing import CliRunner
+
+    from anomaly.cli import main
+
+    root, _, _ = scored
+    result = CliRunner().invoke(
+        main,
+        ["generate", "--bundle", str(root / "bundle"), "-n", "5", "--out", str(tmp_path / "gen")],
+    )
+    assert result.exit_code == 0, result.output
+    files = sorted((tmp_path / "gen").glob("*.png"))
+    assert len(files) == 5
+    with Image.open(files[0]) as img:
+        assert img.size == (16, 16) and img.mode == "L"
