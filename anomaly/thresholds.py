@@ -76,7 +76,7 @@ def pot_threshold(
 def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     precision, recall, thresholds = _pr_curve(scores, labels)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    return float(thresholds[int(np.argmax(f1[:-1]))])
+    return _strictly_below(thresholds[int(np.argmax(f1[:-1]))])
 
 
 def precision_at_recall_threshold(
@@ -87,7 +87,12 @@ def precision_at_recall_threshold(
     precision, recall, thresholds = _pr_curve(scores, labels)
     ok = np.flatnonzero(recall[:-1] >= at_recall)
     best = ok[np.argmax(precision[ok])]
-    return float(thresholds[best])
+    return _strictly_below(thresholds[best])
+
+
+def _strictly_below(score: float) -> float:
+    """scikit-learn flags ``score >= t``; this package flags ``score > t``."""
+    return float(np.nextafter(score, -np.inf))
 
 
 def _pr_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:

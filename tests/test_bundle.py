@@ -1,0 +1,124 @@
+"""Model bundles: checksums, schema checks, safe loading, atomic threshold history."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from anomaly.bundle import MANIFEST, Bundle
+from anomaly.errors import BundleError
+from tests.conftest import make_tabular_data
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    path = tmp_path / "b"
+    shutil.copytree(tiny_bundle, path)
+    return path
+
+
+def _manifest(path):
+    return json.loads((path / MANIFEST).read_text())
+
+
+def _write_manifest(path, manifest):
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_manifest_describes_the_model(tiny_bundle):
+    m = _manifest(tiny_bundle)
+    assert [f["name"] for f in m["schema"]["features"]] == ["f0", "f1", "f2", "f3", "amount"]
+    assert m["preprocessing"]["log1p_columns"] == ["amount"]
+    assert len(m["preprocessing"]["centre"]) == 5
+    assert m["runtime"]["keras_backend"] in ("tensorflow", "jax", "torch")
+    assert set(m["score"]["weights"]) == {"reconstruction", "latent", "discriminator"}
+    assert all(len(v) == 64 for v in m["files"].values())
+    (entry,) = m["thresholds"]
+    assert entry["method"] == "quantile" and entry["params"]["target_fpr"] == 0.05
+    assert entry["data_fingerprint"].startswith("sha256:") and entry["version"] == 1
+
+
+def test_load_scores_in_original_units(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle)
+    normal, anomalies = make_tabular_data(seed=1)
+    normal[:, 4] = abs(normal[:, 4]) * 100
+    comps = bundle.score(np.concatenate([normal[:50], anomalies[:10]]))
+    assert len(comps) == 60
+    assert comps.score[50:].mean() > comps.score[:50].mean()
+    assert bundle.threshold == _manifest(tiny_bundle)["thresholds"][-1]["value"]
+    assert bundle.expected_anomaly_rate == 0.05
+
+
+def test_shape_mismatch_is_refused(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle)
+    with pytest.raises(BundleError, match="does not fit the bundle's schema"):
+        bundle.score(np.zeros((2, 4)))
+
+
+def test_swapped_model_file_is_refused(bundle_copy):
+    keras_files = sorted((bundle_copy / "model").glob("*.keras"))
+    shutil.copy(keras_files[0], keras_files[1])
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        Bundle.load(bundle_copy)
+
+
+def test_altered_checksum_is_refused(bundle_copy):
+    m = _manifest(bundle_copy)
+    key = next(iter(m["files"]))
+    m["files"][key] = "0" * 64
+    _write_manifest(bundle_copy, m)
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        Bundle.load(bundle_copy)
+
+
+def test_path_traversal_is_refused(bundle_copy):
+    m = _manifest(bundle_copy)
+    m["files"]["../../etc/passwd"] = "0" * 64
+    _write_manifest(bundle_copy, m)
+    with pytest.raises(BundleError, match="outside the bundle"):
+        Bundle.load(bundle_copy)
+
+
+def test_schema_that_does_not_fit_the_network_is_refused(bundle_copy):
+    m = _manifest(bundle_copy)
+    m["schema"]["features"].append({"name": "extra", "dtype": "float64"})
+    _write_manifest(bundle_copy, m)
+    with pytest.raises(BundleError, match="does not match the network"):
+        Bundle.load(bundle_copy)
+
+
+def test_missing_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(BundleError, match="not a model bundle"):
+        Bundle.load(tmp_path)
+
+
+def test_threshold_append_is_seen_by_another_reader(bundle_copy):
+    writer = Bundle.load(bundle_copy)
+    reader = Bundle.load(bundle_copy)
+    assert reader.refresh_threshold() is False
+    entry = writer.append_threshold(
+        {"value": 123.0, "method": "quantile", "params": {"target_fpr": 0.001}}
+    )
+    assert entry["version"] == 2 and writer.threshold == 123.0
+    assert reader.refresh_threshold() is True
+    assert (reader.threshold, reader.threshold_version) == (123.0, 2)
+    assert reader.detector.threshold_ == 123.0
+    assert reader.expected_anomaly_rate == 0.001
+    assert reader.refresh_threshold() is False
+    assert not list(bundle_copy.glob(".manifest.json.*"))
+
+
+def test_create_refuses_to_overwrite(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle)
+    with pytest.raises(BundleError, match="not empty"):
+        Bundle.create(tiny_bundle, bundle.detector, bundle.schema, {}, "x", {})
+
+
+def test_sample_is_in_original_units(tiny_bundle):
+    samples = Bundle.load(tiny_bundle).sample(200, seed=0)
+    assert samples.shape == (200, 5)
+    # amount was trained as |x| * 100 through a signed log1p: samples come back on that scale
+    assert np.median(np.abs(samples[:, 4])) > 5

@@ -1,0 +1,173 @@
+"""The CLI end to end on real files: train, info, score, evaluate, threshold, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from anomaly.cli import main
+from tests.conftest import FEATURES, make_tabular_data
+
+
+def _write_csv(path, rows, labels=None, extra=None):
+    header = ["id", *FEATURES] + (["Class"] if labels is not None else []) + (extra or [])
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for i, row in enumerate(rows):
+            values = [f"r{i}", *(f"{v:.6f}" for v in row)]
+            if labels is not None:
+                values.append(int(labels[i]))
+            writer.writerow(values + ["x"] * len(extra or []))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    normal, anomalies = make_tabular_data(700, 70)
+    rows = np.concatenate([normal, anomalies])
+    labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalies))]
+    order = np.random.default_rng(0).permutation(len(rows))
+    train_csv = _write_csv(tmp / "train.csv", rows[order], labels[order])
+    return tmp, train_csv
+
+
+@pytest.fixture(scope="module")
+def trained(files):
+    tmp, train_csv = files
+    bundle = tmp / "bundle"
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(train_csv),
+            "--out",
+            str(bundle),
+            "--epochs",
+            "3",
+            "--hidden",
+            "16,8",
+            "--target-fpr",
+            "0.05",
+            "--quiet",
+            "--log1p",
+            "amount",
+            "--scaler",
+            "robust",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote bundle" in result.output
+    return bundle
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_train_uses_only_normal_rows_and_ignores_the_label(trained):
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert [f["name"] for f in manifest["schema"]["features"]] == FEATURES
+    t = manifest["training"]
+    assert t["n_train"] + t["n_validation"] + t["n_calibration"] == 700
+
+
+def test_info_is_human_readable(trained):
+    result = run("info", "--bundle", trained)
+    assert result.exit_code == 0
+    assert "ganomaly" in result.output and "5 features" in result.output
+    assert "v1" in result.output and "quantile" in result.output
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_score_writes_components_and_top_features(trained, files, tmp_path, suffix):
+    _, train_csv = files
+    out = tmp_path / f"scores.{suffix}"
+    result = run("score", "--bundle", trained, train_csv, "--out", out, "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    if suffix == "csv":
+        rows = list(csv.DictReader(open(out)))
+        assert set(rows[0]) == {
+            "id",
+            "score",
+            "reconstruction",
+            "discriminator",
+            "latent",
+            "is_anomaly",
+            "top_features",
+        }
+        assert rows[0]["top_features"].count(":") == 2
+    else:
+        rows = [json.loads(line) for line in open(out)]
+        assert rows[0]["top_features"][0]["feature"] in FEATURES
+    assert len(rows) == 770
+    assert rows[0]["id"].startswith("r")
+
+
+def test_evaluate_reports_metrics_and_plots(trained, files, tmp_path):
+    _, train_csv = files
+    report = tmp_path / "report.json"
+    result = run(
+        "evaluate",
+        "--bundle",
+        trained,
+        train_csv,
+        "--plots",
+        tmp_path / "plots",
+        "--json-out",
+        report,
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(report.read_text())
+    assert metrics["roc_auc"] > 0.9
+    assert metrics["tp"] + metrics["fn"] == 70 and metrics["fp"] + metrics["tn"] == 700
+    for name in ("roc.png", "pr.png", "score_histogram.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_threshold_dry_run_changes_nothing_then_refit_appends(trained, files):
+    _, train_csv = files
+    manifest = trained / "manifest.json"
+    before = manifest.read_bytes()
+    dry = run("threshold", "--bundle", trained, train_csv, "--method", "f1", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "recall=" in dry.output and "dry run" in dry.output
+    assert manifest.read_bytes() == before
+    for args in (
+        ["--method", "precision", "--at-recall", "0.9"],
+        ["--method", "quantile", "--target-fpr", "0.005", "--label-column", "none"],
+    ):
+        assert run("threshold", "--bundle", trained, train_csv, *args).exit_code == 0
+    history = json.loads(manifest.read_text())["thresholds"]
+    assert [h["method"] for h in history[-2:]] == ["precision", "quantile"]
+    assert history[-2]["implied"]["recall"] >= 0.9
+    assert history[-1]["params"] == {"target_fpr": 0.005}
+
+
+def test_missing_column_names_file_and_column(trained, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,f0,f1\n1,0.1,0.2\n")
+    result = run("score", "--bundle", trained, bad, "--out", tmp_path / "o.csv")
+    assert result.exit_code == 2
+    assert "bad.csv" in result.output and "missing column(s) f2, f3, amount" in result.output
+
+
+def test_nan_names_the_row(trained, tmp_path):
+    bad = tmp_path / "nan.csv"
+    bad.write_text("f0,f1,f2,f3,amount\n1,2,3,4,5\n1,2,nan,4,5\n")
+    result = run("score", "--bundle", trained, bad, "--out", tmp_path / "o.csv")
+    assert result.exit_code == 2
+    assert "nan.csv, row 2: column 'f2' is nan" in result.output
+
+
+def test_unreadable_file_and_bundle(trained, tmp_path):
+    binary = tmp_path / "x.csv"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    assert run("score", "--bundle", trained, binary, "--out", tmp_path / "o.csv").exit_code == 2
+    result = run("info", "--bundle", tmp_path)
+    assert result.exit_code == 2 and "not a model bundle" in result.output
