@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "datasets"
+DATA = Path(os.environ.get("ANOMALY_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 DATASETS = {
     "fraud": "fraud/creditcard_sample.csv",
