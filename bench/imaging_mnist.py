@@ -155,13 +155,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "mnist")
+    parser.add_argument(
+        "--summarise-only", action="store_true", help="Only rebuild summary.md from results."
+    )
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.jsonl"
+    if args.summarise_only:
+        rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        (args.out / "summary.md").write_text(summarise(rows))
+        print(summarise(rows))
+        return
 
     import keras
 
-    args.out.mkdir(parents=True, exist_ok=True)
     images, labels = load_mnist(args.data)
-    results = args.out / "results.jsonl"
     print(f"backend={keras.backend.backend()} images={images.shape}", flush=True)
     for digit in [int(d) for d in args.digits.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
