@@ -34,6 +34,7 @@ CONFIG_ENV = "ANOMALY_CONFIG"
 PASSTHROUGH_TABLES = ("kafka", "consumer", "producer")
 _SECRET_WORDS = ("password", "secret", "token", "credential", "private_key")
 _REQUIRED = ("bundle", "input_topic", "alert_topic", "dlq_topic", "group")
+SECRET_ONLY_SETTINGS = frozenset({"sasl_password"})  # never a flag: flags show in `ps`
 
 
 class ConfigError(AnomalyError):

@@ -146,6 +146,7 @@ class StreamService:
         self._assigned: list[TopicPartition] = []
         self._in_checkpoint = False
         self._consumed = self.metrics.consumed.labels(topic=config.input_topic)
+        self.records_consumed = 0
 
     # --- control ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -229,6 +230,7 @@ class StreamService:
         if not batch:
             return
         self._consumed.inc(len(batch))
+        self.records_consumed += len(batch)
         self.metrics.batch_records.observe(len(batch))
         decode = self.decoder.decode
         rows: list[list[float]] = []
