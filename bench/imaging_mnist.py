@@ -147,6 +147,45 @@ def summarise(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def example_report(images: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> None:
+    """Train a bundle through the CLI (digit ``--example-digit`` left out, seed 0 split), score
+    40 normal + 10 anomalous test digits and one truncated PNG, screenshot the report."""
+    import subprocess
+
+    from PIL import Image
+
+    from anomaly.report import image_is_blank, screenshot
+
+    digit, out = args.example_digit, args.out / "example"
+    tr, te_norm, te_anom = split(labels, digit, 0)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "train.npz", images=(images[tr, :, :, 0] * 255).round().astype(np.uint8))
+    scan = out / "scan"
+    scan.mkdir(exist_ok=True)
+    for i in list(te_norm[:40]) + list(te_anom[:10]):
+        pixels = (images[i, :, :, 0] * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(scan / f"test{i:05d}_label{labels[i]}.png")
+    broken = scan / f"test{te_norm[40]:05d}_label{labels[te_norm[40]]}.png"
+    Image.fromarray((images[te_norm[40], :, :, 0] * 255).astype(np.uint8)).save(broken)
+    broken.write_bytes(broken.read_bytes()[:60])
+    cli = [sys.executable, "-m", "anomaly.cli"]
+    bundle = out / "bundle"
+    if not (bundle / "manifest.json").is_file():
+        subprocess.run(
+            [*cli, "train", str(out / "train.npz"), "--images", "--out", str(bundle)]
+            + ["--epochs", str(args.epochs), "--target-fpr", "0.05", "--quiet"],
+            check=True,
+        )
+    subprocess.run(
+        [*cli, "score-images", "--bundle", str(bundle), str(scan), "--out", str(out / "report")],
+        check=False,
+    )
+    shot = screenshot(out / "report" / "index.html", args.screenshot, 1100, 1000)
+    with Image.open(shot) as img:
+        img.convert("P", palette=Image.Palette.ADAPTIVE, colors=128).save(shot, optimize=True)
+    print(f"screenshot {shot} blank={image_is_blank(shot)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9")
@@ -155,6 +194,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "mnist")
+    parser.add_argument("--example-digit", type=int, default=None, help="Only the example report.")
+    parser.add_argument("--screenshot", type=Path, default=ROOT / "docs" / "imaging_report.png")
     parser.add_argument(
         "--summarise-only", action="store_true", help="Only rebuild summary.md from results."
     )
@@ -170,6 +211,9 @@ def main() -> None:
     import keras
 
     images, labels = load_mnist(args.data)
+    if args.example_digit is not None:
+        example_report(images, labels, args)
+        return
     print(f"backend={keras.backend.backend()} images={images.shape}", flush=True)
     for digit in [int(d) for d in args.digits.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
