@@ -158,6 +158,11 @@ class StreamService:
         """Whether ``stop()`` was called."""
         return self._stop.is_set()
 
+    @property
+    def assigned_partitions(self) -> int:
+        """How many input partitions this member holds now."""
+        return len(self._assigned)
+
     def run(self) -> int:
         """Serve until stopped; 0 after a clean drain, 1 when undelivered work was left."""
         self._connect()
