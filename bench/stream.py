@@ -195,7 +195,14 @@ def latency(bootstrap: str, bundle_path: Path, rate: float, seconds: float) -> d
         lat.append((message.timestamp - body["event_timestamp_ms"]) / 1000)
     consumer.close()
     lat_ms = np.array(lat) * 1000
+    histogram = service.metrics.end_to_end_latency
+    counts = np.cumsum(histogram._counts)
+    bounds = list(histogram.bounds) + [float("inf")]
+    metric_p99 = bounds[int(np.searchsorted(counts, 0.99 * counts[-1]))]
+    metric_p50 = bounds[int(np.searchsorted(counts, 0.50 * counts[-1]))]
     return {
+        "metric_p50_bucket_le_s": metric_p50,
+        "metric_p99_bucket_le_s": metric_p99,
         "offered": offered.stdout.strip(),
         "records": int(lat_ms.size),
         "p50_ms": float(np.percentile(lat_ms, 50)),
