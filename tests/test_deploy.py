@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import yaml
 
@@ -114,10 +115,7 @@ def test_promql_metric_names_skips_functions_labels_and_numbers():
     )
     assert promql_metric_names(expr) == {"anomaly_x_bucket", "anomaly_y", "job:anomaly_z:rate5m"}
     assert promql_label_names(expr) == {"job", "le"}
-    assert promql_metric_names('label_values(anomaly_ready{job="a"}, instance)') == {
-        "anomaly_ready",
-        "instance",
-    }
+    assert promql_metric_names('time() - max(anomaly_ready{job="a"}) > bool 0') == {"anomaly_ready"}
 
 
 # --------------------------------------------------------------------------- loaders
@@ -153,11 +151,12 @@ def dashboard_panels() -> list[dict]:
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
-    """(panel title, expression) for every query, template variables included."""
+    """(panel title, expression) for every query; for template variables, their selector."""
     out = [(p["title"], t["expr"]) for p in dashboard_panels() for t in p["targets"]]
     for var in load_dashboard()["templating"]["list"]:
         if var["type"] == "query":
-            out.append((f"variable {var['name']}", var["definition"]))
+            selector = re.fullmatch(r"label_values\((.+),\s*\w+\)", var["definition"]).group(1)
+            out.append((f"variable {var['name']}", selector))
     return out
 
 
@@ -173,8 +172,6 @@ def referenced_metric_names() -> dict[str, set[str]]:
     uses: dict[str, set[str]] = {}
     for source, items in (("dashboard", dashboard_exprs()), ("rules", rule_exprs())):
         for where, expr in items:
-            if where.startswith("variable "):
-                expr = expr.split("label_values(", 1)[-1].rsplit(",", 1)[0]
             for name in promql_metric_names(expr) - recorded:
                 uses.setdefault(name, set()).add(f"{source}: {where}")
     return uses
@@ -583,7 +580,6 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     rules = [
         {"record": f"dashboard:query_{i}:check", "expr": grafana_to_promql(expr)}
         for i, (_, expr) in enumerate(dashboard_exprs())
-        if not expr.startswith("label_values(")
     ]
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
@@ -807,3 +803,86 @@ def test_k8s_manifests_agree_with_each_other_and_the_serve_config(tmp_path):
     assert rule["spec"]["groups"] == load_rules()["groups"], (
         "prometheusrule.yaml drifted from rules.yml"
     )
+
+
+# --------------------------------------------------------------------------- live /metrics
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_every_dashboard_and_rule_metric_is_in_a_live_scrape(
+    kafka_bootstrap, tiny_bundle, tmp_path
+):
+    """Run the real `anomaly serve`, push good and poison records through it, scrape /metrics
+    over HTTP, and require a sample for every metric name the dashboard and rules use."""
+    import signal
+    import urllib.request
+
+    from anomaly.broker import create_topic
+    from tests.conftest import FEATURES, make_tabular_data, unique_name
+    from tests.kafka_helpers import ServeProcess, metric_sum, produce, wait_until
+
+    topics = {name: unique_name(name) for name in ("input", "alerts", "dlq", "scores", "group")}
+    create_topic(kafka_bootstrap, topics["input"], partitions=2)
+    normal, anomalies = make_tabular_data(60, 6, seed=3)
+    rows = np.vstack([normal, anomalies])
+    rows[:, 4] = np.abs(rows[:, 4]) * 100
+    records = [
+        (
+            f"r{i}".encode(),
+            json.dumps({**dict(zip(FEATURES, row, strict=True)), "id": f"r{i}"}).encode(),
+        )
+        for i, row in enumerate(rows.tolist())
+    ]
+    records.append((b"poison", b"\x00\xff not json"))
+    total = produce(kafka_bootstrap, topics["input"], records)
+
+    args = ["--bundle", str(tiny_bundle), "--group", topics["group"]]
+    for flag, key in (
+        ("input", "input"),
+        ("alert", "alerts"),
+        ("dlq", "dlq"),
+        ("scores", "scores"),
+    ):
+        args += [f"--{flag}-topic", topics[key]]
+    serve = ServeProcess(
+        kafka_bootstrap, args + ["--commit-interval-ms", "200"], tmp_path / "s.log"
+    )
+    try:
+
+        def caught_up() -> bool:
+            samples = serve.metrics()
+            handled = metric_sum(samples, "anomaly_records_scored_total") + metric_sum(
+                samples, "anomaly_records_dead_lettered_total"
+            )
+            return handled >= total and metric_sum(samples, "anomaly_commits_total") >= 1
+
+        assert wait_until(caught_up, 120, interval=0.5), serve.log()
+        base = serve.url.rsplit("/", 1)[0]
+        with urllib.request.urlopen(serve.url, timeout=5) as response:
+            text = response.read().decode()
+        for endpoint in ("/healthz", "/readyz"):
+            with urllib.request.urlopen(base + endpoint, timeout=5) as response:
+                assert response.status == 200, endpoint
+    finally:
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(60) == 0, serve.log()
+
+    families = exported_families(text)
+    uses = referenced_metric_names()
+    missing = {
+        name: sorted(where)
+        for name, where in uses.items()
+        if name not in PROMETHEUS_BUILTINS and resolve(name, families, need_samples=True) is None
+    }
+    assert not missing, f"used by dashboard/rules but absent from the live /metrics: {missing}"
+    assert len(uses) >= 15, "the consistency check should cover most of the exported metrics"
+
+    # Labels the queries match or group by must exist on the metrics they use.
+    for where, expr in dashboard_exprs() + rule_exprs():
+        names = promql_metric_names(expr) - recorded_names() - PROMETHEUS_BUILTINS
+        available = set(TARGET_LABELS)
+        for name in names:
+            family, _ = resolve(name, families, need_samples=True)
+            available |= families[family][2]
+        assert promql_label_names(expr) <= available, (where, promql_label_names(expr) - available)
