@@ -20,9 +20,11 @@ streamed frame by frame; an NPZ array and a multi-frame DICOM are read whole (on
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,8 @@ FIT_MODES = ("center_crop", "resize")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # IDX type codes -> numpy big-endian dtypes (http://yann.lecun.com/exdb/mnist/).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# Largest single read: a header can claim gigabytes; memory follows the data actually there.
+_READ_PIECE = 64 * 1024 * 1024
 
 
 class ImageReadError(InputError):
@@ -340,6 +344,29 @@ def _frames_of_array(path: Path, shape: tuple[int, ...]) -> None:
         raise ImageReadError(
             path, "not_an_image_array", f"shape {shape} is not (n, H, W) or (n, H, W, C)"
         )
+    if 0 in shape[1:]:
+        raise ImageReadError(path, "not_an_image_array", f"shape {shape} has an empty frame")
+    bomb = Image.MAX_IMAGE_PIXELS
+    if bomb and shape[1] * shape[2] > 2 * bomb:
+        raise ImageReadError(
+            path,
+            "not_an_image_array",
+            f"{shape[1]}x{shape[2]} frames exceed Pillow's decompression-bomb limit "
+            f"({2 * bomb} pixels)",
+        )
+
+
+def _read_up_to(fh: Any, size: int) -> bytes:
+    """``size`` bytes, or fewer when the data ends, read in bounded pieces (a read of n bytes
+    allocates n bytes up front, so a header claiming gigabytes must not be taken at its word)."""
+    parts = []
+    while size > 0:
+        piece = fh.read(min(size, _READ_PIECE))
+        if not piece:
+            break
+        parts.append(piece)
+        size -= len(piece)
+    return b"".join(parts)
 
 
 def _read_idx(path: Path, chunk: int = 256) -> Iterator[tuple[ImageMeta, np.ndarray]]:
@@ -356,11 +383,11 @@ def _read_idx(path: Path, chunk: int = 256) -> Iterator[tuple[ImageMeta, np.ndar
                 raise ImageReadError(path, "truncated", "IDX header is cut short")
             shape = struct.unpack(f">{ndim}I", dims_raw)
             _frames_of_array(path, shape)
-            per_frame = int(np.prod(shape[1:])) * dtype.itemsize
+            per_frame = math.prod(shape[1:]) * dtype.itemsize
             done = 0
             while done < shape[0]:
                 n = min(chunk, shape[0] - done)
-                raw = fh.read(n * per_frame)
+                raw = _read_up_to(fh, n * per_frame)
                 if len(raw) < n * per_frame:
                     raise ImageReadError(
                         path,
@@ -374,7 +401,7 @@ def _read_idx(path: Path, chunk: int = 256) -> Iterator[tuple[ImageMeta, np.ndar
                     frame = block[i] if block.ndim == 4 else block[i][:, :, None]
                     yield ImageMeta(path=str(path), frame=done + i), frame
                 done += n
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise ImageReadError(path, "truncated", f"cannot read IDX data: {exc}") from exc
 
 
@@ -392,7 +419,9 @@ def _read_npz(path: Path) -> Iterator[tuple[ImageMeta, np.ndarray]]:
             arr = data[key]
     except ImageReadError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ImageReadError(path, "unreadable", f"cannot read NPZ: {exc}") from exc
+    except (NotImplementedError, RuntimeError) as exc:  # zipfile: unknown method, encrypted
         raise ImageReadError(path, "unreadable", f"cannot read NPZ: {exc}") from exc
     _frames_of_array(path, arr.shape)
     for i in range(arr.shape[0]):

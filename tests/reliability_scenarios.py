@@ -1,0 +1,964 @@
+"""Fault and load scenarios for ``anomaly serve``: a real Tansu broker on 127.0.0.1, real
+``anomaly serve`` subprocesses, real signals. Shared by ``tests/test_reliability.py`` (small,
+bounded sizes, in CI) and ``bench/reliability.py`` (the figures in docs/reliability.md), so the
+numbers in the document come from the same code the tests assert on.
+
+Every scenario owns its broker (it stops, pauses or restarts it) and returns an ``Outcome``:
+records in, records accounted for (each input offset found as a score message or a dead
+letter), duplicates (and per crash, where crashes are injected), max RSS of the serve
+processes, and scenario-specific details. Accounting reads the output topics back from the
+broker; it never trusts the service's own counters alone.
+
+Run ``python -m tests.reliability_scenarios produce BOOTSTRAP TOPIC N SEED`` to produce ``N``
+records at full speed from a separate process (the soak's load generator).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from anomaly.broker import LocalBroker, create_topic, free_port
+from tests.conftest import FEATURES, make_tabular_data
+from tests.kafka_helpers import committed, metric_sum, scrape, wait_until
+
+Source = tuple[int, int]  # (partition, offset) in the input topic
+
+POISON = (
+    b"\x00\xffnot json",
+    b"[1, 2, 3]",
+    b'{"f0": 1.0}',
+    b'{"f0": NaN, "f1": 1, "f2": 1, "f3": 1, "amount": 1}',
+    b'{"f0": ' + b"[" * 40 + b"]" * 40 + b"}",
+    None,
+)
+POISON_EVERY = 97  # about 1 % poison, of every kind in turn
+
+
+# --- data ------------------------------------------------------------------------------------
+def train_tiny_bundle(path: Path) -> Path:
+    """The test suite's tiny tabular GANomaly recipe (features f0..f3, amount), for the bench."""
+    from anomaly.schema import Schema
+    from anomaly.training import train_bundle
+
+    normal, _ = make_tabular_data()
+    normal[:, 4] = abs(normal[:, 4]) * 100
+    train_bundle(
+        normal,
+        path,
+        Schema.tabular(FEATURES),
+        detector_params={"epochs": 3, "batch_size": 64, "hidden": (16, 8)},
+        log1p_columns=["amount"],
+        target_fpr=0.05,
+        seed=0,
+        name="tiny",
+    )
+    return path
+
+
+def make_records(n: int, seed: int = 0, start: int = 0) -> Iterator[tuple[bytes, bytes | None]]:
+    """``n`` (key, value) records: mostly normal rows, 5 % far-off anomalies, ~1 % poison."""
+    chunk = 10_000
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(2, 5))
+    done = 0
+    while done < n:
+        size = min(chunk, n - done)
+        rows = rng.normal(size=(size, 2)) @ mixing + 0.05 * rng.normal(size=(size, 5))
+        outliers = rng.random(size) < 0.05
+        rows[outliers] = rng.normal(size=(int(outliers.sum()), 5)) * 3.0 + 4.0
+        rows[:, 4] = np.abs(rows[:, 4]) * 100
+        for row in rows.tolist():
+            index = start + done
+            key = f"r-{index}".encode()
+            if index % POISON_EVERY == POISON_EVERY - 1:
+                yield key, POISON[(index // POISON_EVERY) % len(POISON)]
+            else:
+                body = dict(zip(FEATURES, row, strict=True))
+                body["id"] = f"r-{index}"
+                yield key, json.dumps(body).encode()
+            done += 1
+
+
+def produce_records(
+    bootstrap: str,
+    topic: str,
+    n: int,
+    seed: int = 0,
+    start: int = 0,
+    rate: float | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Produce ``n`` records (at ``rate``/s when given), wait for the acks; returns how many."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=10, batch_size=256 * 1024
+    )
+    began = time.perf_counter()
+    sent = 0
+    for i, (key, value) in enumerate(make_records(n, seed, start)):
+        if stop is not None and stop.is_set():
+            break
+        if rate:
+            delay = began + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        producer.send(topic, key=key, value=value)
+        sent += 1
+    producer.flush(timeout=120)
+    producer.close()
+    return sent
+
+
+# --- processes --------------------------------------------------------------------------------
+def rss_mb(pid: int) -> float | None:
+    """Resident set size of ``pid`` in MiB (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class Serve:
+    """``anomaly serve`` as a child process: JSON logs at DEBUG, its own metrics port, RSS
+    sampled every ``rss_every`` seconds in a background thread while it lives."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        bundle: Path,
+        topics: dict[str, str],
+        log_path: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        rss_every: float = 1.0,
+        log_level: str = "DEBUG",
+    ):
+        self.port = free_port()
+        self.log_path = log_path
+        command = [sys.executable, "-m", "anomaly.cli", "serve", "--bundle", str(bundle)]
+        command += ["--bootstrap-servers", bootstrap, "--metrics-port", str(self.port)]
+        command += ["--session-timeout-ms", "4000", "--heartbeat-interval-ms", "500"]
+        command += ["--log-format", "json", "--log-level", log_level]
+        for name, value in topics.items():
+            command += ["--" + name.replace("_", "-"), value]
+        command += list(extra)
+        full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+        full_env.update(env or {})
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=full_env
+        )
+        self.started = time.time()
+        self.rss: list[tuple[float, float]] = []  # (seconds since start, MiB)
+        self._sampler = threading.Thread(target=self._sample, args=(rss_every,), daemon=True)
+        self._sampler.start()
+
+    def _sample(self, every: float) -> None:
+        while self.process.poll() is None:
+            value = rss_mb(self.process.pid)
+            if value is not None:
+                self.rss.append((time.time() - self.started, value))
+            time.sleep(every)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.url)
+
+    def consumed(self) -> float:
+        return metric_sum(self.metrics(), "anomaly_records_consumed_total")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def has_event(self, name: str) -> bool:
+        return any(e.get("event") == name for e in self.events())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def kill(self) -> float:
+        """SIGKILL now; returns the wall time of the kill."""
+        at = time.time()
+        self.process.send_signal(signal.SIGKILL)
+        self.wait()
+        return at
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait: the drain's exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+            self._sampler.join(5)
+
+    def stop(self) -> None:
+        """Make sure it is gone (test teardown)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.wait()
+
+    @property
+    def max_rss(self) -> float:
+        return max((v for _, v in self.rss), default=0.0)
+
+
+# --- reading back and accounting ---------------------------------------------------------------
+def read_all(
+    bootstrap: str, topic: str, expect: int | None = None, timeout: float = 120.0, idle: float = 3.0
+) -> list[Any]:
+    """Every record of ``topic`` from the start, without a group: until ``expect`` arrived,
+    or until nothing new came for ``idle`` seconds."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=5000,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        partitions = wait_until(lambda: consumer.partitions_for_topic(topic), 10)
+        if not partitions:
+            return []
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.seek_to_beginning()
+        records: list[Any] = []
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+            if batch:
+                last_new = time.monotonic()
+            if expect is not None and len(records) >= expect:
+                break
+            if time.monotonic() - last_new > idle:
+                break
+        return records
+    finally:
+        consumer.close()
+
+
+def input_ends(bootstrap: str, topic: str, total: int) -> dict[int, int]:
+    """Records per input partition, counted by reading them (Tansu's end offsets can lag)."""
+    return dict(Counter(r.partition for r in read_all(bootstrap, topic, expect=total)))
+
+
+@dataclass
+class Accounting:
+    """Every input offset against the outputs: score messages, dead letters and alerts."""
+
+    records_in: int
+    accounted: int
+    missing: int
+    scored_and_dead: int  # an offset both scored and dead-lettered (never expected)
+    duplicates: int  # extra deliveries of an offset (score message or dead letter)
+    alert_duplicates: int
+    alerts_missing: int  # scored over threshold without an alert
+    alerts_unexpected: int  # alerts for offsets not scored over threshold
+    deliveries: dict[Source, list[int]] = field(repr=False)  # broker timestamps (ms)
+
+    @property
+    def complete(self) -> bool:
+        return (
+            self.missing == 0
+            and self.scored_and_dead == 0
+            and self.alerts_missing == 0
+            and self.alerts_unexpected == 0
+        )
+
+
+def _dead_source(message: Any) -> Source:
+    headers = {k: v for k, v in message.headers}
+    return (
+        int(headers["__connect.errors.partition"]),
+        int(headers["__connect.errors.offset"]),
+    )
+
+
+def _json_source(message: Any) -> Source:
+    source = json.loads(message.value)["source"]
+    return int(source["partition"]), int(source["offset"])
+
+
+def account(bootstrap: str, topics: dict[str, str], ends: dict[int, int]) -> Accounting:
+    """Reconcile: every input offset below ``ends`` must be scored or dead-lettered (not both),
+    and every score over its threshold must have an alert (de-duplicated by source offset)."""
+    expected = {(p, o) for p, end in ends.items() for o in range(end)}
+    scores = read_all(bootstrap, topics["scores_topic"])
+    dead = read_all(bootstrap, topics["dlq_topic"])
+    alerts = read_all(bootstrap, topics["alert_topic"])
+    deliveries: dict[Source, list[int]] = defaultdict(list)
+    scored: set[Source] = set()
+    over: set[Source] = set()
+    for message in scores:
+        body = json.loads(message.value)
+        source = (int(body["source"]["partition"]), int(body["source"]["offset"]))
+        scored.add(source)
+        deliveries[source].append(message.timestamp)
+        if body["score"] > body["threshold"]:
+            over.add(source)
+    dead_sources = set()
+    for message in dead:
+        source = _dead_source(message)
+        dead_sources.add(source)
+        deliveries[source].append(message.timestamp)
+    alert_counts = Counter(_json_source(m) for m in alerts)
+    seen = scored | dead_sources
+    return Accounting(
+        records_in=len(expected),
+        accounted=len(expected & seen),
+        missing=len(expected - seen),
+        scored_and_dead=len(scored & dead_sources),
+        duplicates=sum(len(v) - 1 for v in deliveries.values()),
+        alert_duplicates=sum(n - 1 for n in alert_counts.values()),
+        alerts_missing=len(over - set(alert_counts)),
+        alerts_unexpected=len(set(alert_counts) - over),
+        deliveries=dict(deliveries),
+    )
+
+
+def duplicates_per_crash(deliveries: dict[Source, list[int]], kills: list[float]) -> list[int]:
+    """Attribute each repeated delivery to the first crash between it and the one before it.
+
+    A record delivered at t1 and again at t2 was replayed because a member died between them
+    without committing it. Repeats with no crash in between are counted in an extra last slot
+    (at-least-once allows them after a rebalance, but they are worth seeing).
+    """
+    kill_ms = sorted(int(k * 1000) for k in kills)
+    per_crash = [0] * (len(kill_ms) + 1)
+    for stamps in deliveries.values():
+        ordered = sorted(stamps)
+        for before, after in zip(ordered, ordered[1:], strict=False):
+            slot = next((i for i, k in enumerate(kill_ms) if before <= k <= after), None)
+            per_crash[len(kill_ms) if slot is None else slot] += 1
+    return per_crash
+
+
+# --- outcome ------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """One row of docs/reliability.md."""
+
+    scenario: str
+    runs: int
+    faults: str
+    records_in: int
+    accounted: int
+    duplicates: int
+    max_rss_mb: float
+    seconds: float
+    ok: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_topics(bootstrap: str, partitions: int, prefix: str) -> dict[str, str]:
+    """Input (created with ``partitions``), alert, DLQ and scores topics and a group name."""
+    suffix = f"{prefix}-{random.randrange(16**8):08x}"
+    topics = {
+        "input_topic": f"in-{suffix}",
+        "alert_topic": f"alerts-{suffix}",
+        "dlq_topic": f"dlq-{suffix}",
+        "scores_topic": f"scores-{suffix}",
+        "group": f"group-{suffix}",
+    }
+    create_topic(bootstrap, topics["input_topic"], partitions=partitions)
+    return topics
+
+
+def drained(bootstrap: str, topics: dict[str, str], ends: dict[int, int]) -> Callable[[], bool]:
+    """A predicate: the group's commits reached the end of every input partition."""
+    partitions = len(ends)
+
+    def check() -> bool:
+        try:
+            offsets = committed(bootstrap, topics["group"], topics["input_topic"], partitions)
+        except Exception:  # the broker may be restarting; keep asking
+            return False
+        return all((offsets.get(p) or 0) >= end for p, end in ends.items())
+
+    return check
+
+
+def _crash_loop_free(members: Iterable[Serve]) -> bool:
+    """No member exited on its own (a crash that an orchestrator would restart)."""
+    return all(m.alive for m in members)
+
+
+# --- scenarios --------------------------------------------------------------------------------
+class Supervised:
+    """Keeps one serve process running the way an orchestrator would (restart on exit), and
+    records every exit: a process that keeps exiting is a crash loop."""
+
+    def __init__(self, make: Callable[[int], Serve]):
+        self._make = make
+        self.exits: list[dict[str, Any]] = []
+        self.members = [make(0)]
+
+    @property
+    def current(self) -> Serve:
+        return self.members[-1]
+
+    def check(self) -> Serve:
+        """Restart the service if it exited on its own; returns the live process."""
+        serve = self.current
+        if not serve.alive:
+            status = serve.wait()
+            errors = [e for e in serve.events() if e.get("level") == "ERROR"]
+            last = serve.log().strip().splitlines()[-1:] or [""]
+            self.exits.append(
+                {
+                    "status": status,
+                    "last_line": last[0][:300],
+                    "last_error": (errors[-1].get("message", "") if errors else "")[:300],
+                }
+            )
+            self.members.append(self._make(len(self.members)))
+        return self.current
+
+    def stop(self) -> None:
+        for serve in self.members:
+            serve.stop()
+
+
+def broker_restart(
+    bundle: Path,
+    workdir: Path,
+    records: int = 20_000,
+    downtime_s: float = 6.0,
+    idempotent: bool = True,
+) -> Outcome:
+    """Stop the broker mid-stream (memory storage: every topic is lost), start it again on the
+    same port, recreate the topics and re-produce. The service runs under a supervisor that
+    restarts it if it exits (as Kubernetes would): it must recover, re-join and account for
+    every re-produced record, with at most one exit (more is a crash loop).
+
+    ``idempotent=False`` passes ``ANOMALY_PRODUCER__ENABLE_IDEMPOTENCE=false`` (kafka-python's
+    default is an idempotent producer, whose producer id a memory-only broker forgets).
+    Records in/accounted are those of the broker's second life (the first life's data died
+    with it).
+    """
+    began = time.monotonic()
+    broker = LocalBroker(log_path=workdir / "tansu-restart.log").start()
+    env = {} if idempotent else {"ANOMALY_PRODUCER__ENABLE_IDEMPOTENCE": "false"}
+    label = "idempotent" if idempotent else "plain"
+    supervisor = None
+    try:
+        topics = new_topics(broker.bootstrap, 2, "restart")
+        first = produce_records(broker.bootstrap, topics["input_topic"], records, seed=1)
+        supervisor = Supervised(
+            lambda n: Serve(
+                broker.bootstrap,
+                bundle,
+                topics,
+                workdir / f"serve-restart-{label}-{n}.log",
+                env=env,
+            )
+        )
+        if not wait_until(lambda: supervisor.check().consumed() >= first // 4, 120, 0.1):
+            raise AssertionError("serve never got going:\n" + supervisor.current.log())
+        broker.stop()
+        stopped_at = time.monotonic()
+        time.sleep(downtime_s)
+        alive_while_down = supervisor.current.alive
+        broker.start()
+        restarted_in = time.monotonic() - stopped_at
+        create_topic(broker.bootstrap, topics["input_topic"], partitions=2)
+        second = produce_records(
+            broker.bootstrap, topics["input_topic"], records, seed=2, start=records
+        )
+        ends = input_ends(broker.bootstrap, topics["input_topic"], second)
+        done = drained(broker.bootstrap, topics, ends)
+        caught_up = wait_until(lambda: supervisor.check() and done(), 180, 0.5)
+        ready = wait_until(lambda: supervisor.check().metrics().get("anomaly_ready{}") == 1, 30)
+        status = supervisor.current.terminate()
+        books = account(broker.bootstrap, topics, ends)
+        exits = supervisor.exits
+        ok = bool(alive_while_down and caught_up and ready and status == 0 and books.complete)
+        ok = ok and len(exits) <= 1
+        return Outcome(
+            scenario=f"broker restart ({label} producer)",
+            runs=1,
+            faults=f"broker stopped {downtime_s:.0f} s mid-stream (topics lost), restarted; "
+            f"{len(exits)} service exit(s)",
+            records_in=books.records_in,
+            accounted=books.accounted,
+            duplicates=books.duplicates,
+            max_rss_mb=max(m.max_rss for m in supervisor.members),
+            seconds=time.monotonic() - began,
+            ok=ok,
+            details={
+                "first_life_records": first,
+                "alive_while_broker_down": alive_while_down,
+                "broker_down_s": round(restarted_in, 1),
+                "caught_up_after_restart": bool(caught_up),
+                "ready_again": bool(ready),
+                "service_exits": exits,
+                "exit_status": status,
+                "accounting": _books(books),
+            },
+        )
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+        broker.stop()
+
+
+def broker_stall(
+    bundle: Path, workdir: Path, records: int = 30_000, stall_s: float = 8.0
+) -> Outcome:
+    """SIGSTOP the broker for longer than the session timeout (4 s), then SIGCONT: the member
+    rejoins, everything committed before the stall stays delivered, every record accounted."""
+    began = time.monotonic()
+    broker = LocalBroker(log_path=workdir / "tansu-stall.log").start()
+    serve = None
+    try:
+        topics = new_topics(broker.bootstrap, 2, "stall")
+        total = produce_records(broker.bootstrap, topics["input_topic"], records, seed=3)
+        ends = input_ends(broker.bootstrap, topics["input_topic"], total)
+        serve = Serve(
+            broker.bootstrap, bundle, topics, workdir / "serve-stall.log", "--max-batch", "100"
+        )
+        if not wait_until(lambda: serve.consumed() >= total // 5, 120, 0.05):
+            raise AssertionError("serve never got going:\n" + serve.log())
+        before = committed(broker.bootstrap, topics["group"], topics["input_topic"], 2)
+        broker.pause()
+        time.sleep(stall_s)
+        alive_in_stall = serve.alive
+        broker.resume()
+        caught_up = wait_until(drained(broker.bootstrap, topics, ends), 180, 0.5)
+        after = committed(broker.bootstrap, topics["group"], topics["input_topic"], 2)
+        status = serve.terminate()
+        books = account(broker.bootstrap, topics, ends)
+        kept = all((after.get(p) or 0) >= (before.get(p) or 0) for p in ends)
+        committed_delivered = all(
+            (p, o) in books.deliveries for p, end in before.items() for o in range(end or 0)
+        )
+        rejoined = sum(1 for e in serve.events() if e.get("event") == "assigned")
+        ok = bool(alive_in_stall and caught_up and status == 0 and books.complete)
+        ok = ok and kept and committed_delivered
+        return Outcome(
+            scenario="network stall (broker SIGSTOP)",
+            runs=1,
+            faults=f"broker SIGSTOP {stall_s:.0f} s > 4 s session timeout, then SIGCONT",
+            records_in=books.records_in,
+            accounted=books.accounted,
+            duplicates=books.duplicates,
+            max_rss_mb=serve.max_rss,
+            seconds=time.monotonic() - began,
+            ok=ok,
+            details={
+                "committed_before_stall": before,
+                "committed_after": after,
+                "committed_kept": kept,
+                "committed_records_delivered": committed_delivered,
+                "assignments_seen": rejoined,
+                "alive_during_stall": alive_in_stall,
+                "exit_status": status,
+                "accounting": _books(books),
+            },
+        )
+    finally:
+        if serve is not None:
+            serve.stop()
+        broker.stop()
+
+
+def crash_runs(
+    bundle: Path,
+    workdir: Path,
+    crashes: int = 20,
+    rate: float = 1500.0,
+    seed: int = 0,
+    max_batch: int = 100,
+    max_in_flight: int = 2000,
+) -> Outcome:
+    """SIGKILL serve at random moments, ``crashes`` times, while a producer feeds the input at
+    ``rate`` records/s; then one last member drains, and every input offset is reconciled.
+
+    Every third crash is a kill during a rebalance: a new member is started while the current
+    one runs, and the current one is killed as soon as it logs that its partitions are being
+    revoked. The others kill after a random 0-4 s of serving and restart a fresh member.
+    Each kill is classified from the broker afterwards: ``after_commit`` (nothing delivered
+    past the last commit: the next batch was not yet produced), ``uncommitted`` (outputs
+    delivered, not committed: between produce and commit), ``rebalance`` or ``startup``
+    (killed before it held partitions).
+    """
+    began = time.monotonic()
+    rng = random.Random(seed)
+    broker = LocalBroker(log_path=workdir / "tansu-crash.log").start()
+    members: list[Serve] = []
+    stop_feed = threading.Event()
+    feeder = None
+    try:
+        topics = new_topics(broker.bootstrap, 3, "crash")
+        fed: list[int] = []
+        feeder = threading.Thread(
+            target=lambda: fed.append(
+                produce_records(
+                    broker.bootstrap, topics["input_topic"], 10**9, 5, 0, rate, stop_feed
+                )
+            ),
+            daemon=True,
+        )
+        feeder.start()
+        extra = ("--max-batch", str(max_batch), "--max-in-flight", str(max_in_flight))
+
+        def member(name: str) -> Serve:
+            serve = Serve(broker.bootstrap, bundle, topics, workdir / f"crash-{name}.log", *extra)
+            members.append(serve)
+            return serve
+
+        def holds_partitions(serve: Serve) -> bool:
+            return serve.metrics().get("anomaly_assigned_partitions{}", 0) > 0
+
+        current = member("0")
+        kills: list[float] = []
+        kinds: list[str] = []
+        for i in range(crashes):
+            if i % 3 == 2:
+                # Crash during a rebalance: a new member joins, the current one starts revoking.
+                if not wait_until(lambda s=current: holds_partitions(s), 120, 0.2):
+                    raise AssertionError("member never got partitions:\n" + current.log())
+                already = sum(1 for e in current.events() if e.get("event") == "revoked")
+                joiner = member(f"{i + 1}")
+                revoking = wait_until(
+                    lambda s=current, n=already: (
+                        sum(1 for e in s.events() if e.get("event") == "revoked") > n
+                    ),
+                    120,
+                    0.02,
+                )
+                kills.append(current.kill())
+                kinds.append("rebalance" if revoking else "no_rebalance_seen")
+                current = joiner
+            else:
+                if not wait_until(lambda s=current: holds_partitions(s), 120, 0.2):
+                    raise AssertionError("member never got partitions:\n" + current.log())
+                time.sleep(rng.uniform(0.0, 4.0))
+                kills.append(current.kill())
+                kinds.append(_classify_kill(broker.bootstrap, topics, kills[-1]))
+                current = member(f"{i + 1}")
+        stop_feed.set()
+        feeder.join(60)
+        total = fed[0] if fed else 0
+        ends = input_ends(broker.bootstrap, topics["input_topic"], total)
+        caught_up = wait_until(drained(broker.bootstrap, topics, ends), 240, 0.5)
+        status = current.terminate()
+        books = account(broker.bootstrap, topics, ends)
+        per_crash = duplicates_per_crash(books.deliveries, kills)
+        bound = max_in_flight + max_batch
+        ok = bool(caught_up and status == 0 and books.complete)
+        ok = ok and max(per_crash[:-1], default=0) <= bound and per_crash[-1] == 0
+        return Outcome(
+            scenario="SIGKILL crash runs",
+            runs=crashes,
+            faults=f"{crashes} SIGKILLs ({_tally(kinds)})",
+            records_in=books.records_in,
+            accounted=books.accounted,
+            duplicates=books.duplicates,
+            max_rss_mb=max(m.max_rss for m in members),
+            seconds=time.monotonic() - began,
+            ok=ok,
+            details={
+                "kill_kinds": kinds,
+                "duplicates_per_crash": per_crash[:-1],
+                "max_duplicates_per_crash": max(per_crash[:-1], default=0),
+                "duplicates_without_crash": per_crash[-1],
+                "in_flight_bound": bound,
+                "offered_rate": rate,
+                "final_exit_status": status,
+                "accounting": _books(books),
+            },
+        )
+    finally:
+        stop_feed.set()
+        for serve in members:
+            serve.stop()
+        broker.stop()
+
+
+def _classify_kill(bootstrap: str, topics: dict[str, str], at: float) -> str:
+    """Where a kill landed, judged from the broker: outputs past the last commit or not."""
+    offsets = committed(bootstrap, topics["group"], topics["input_topic"], 3)
+    at_ms = int(at * 1000)
+    delivered: dict[int, int] = {}
+    for message in read_all(bootstrap, topics["scores_topic"], idle=0.5):
+        if message.timestamp <= at_ms:
+            p, o = _json_source(message)
+            delivered[p] = max(delivered.get(p, -1), o)
+    if not delivered:
+        return "startup"
+    past_commit = any(o >= (offsets.get(p) or 0) for p, o in delivered.items())
+    return "uncommitted" if past_commit else "after_commit"
+
+
+def back_pressure(
+    bundle: Path,
+    workdir: Path,
+    records: int = 60_000,
+    pause_s: float = 10.0,
+    max_batch: int = 200,
+    max_in_flight: int = 2000,
+) -> Outcome:
+    """Input on broker A, outputs on broker B (``ANOMALY_PRODUCER__BOOTSTRAP_SERVERS``); B is
+    SIGSTOPped mid-stream. The service must stop consuming once ``max_in_flight`` records wait
+    for delivery (consumed − committed stays bounded, RSS flat), then resume and account for
+    every record when B comes back."""
+    began = time.monotonic()
+    source = LocalBroker(log_path=workdir / "tansu-bp-in.log").start()
+    sink = LocalBroker(log_path=workdir / "tansu-bp-out.log").start()
+    serve = None
+    try:
+        topics = new_topics(source.bootstrap, 2, "bp")
+        total = produce_records(source.bootstrap, topics["input_topic"], records, seed=4)
+        ends = input_ends(source.bootstrap, topics["input_topic"], total)
+        serve = Serve(
+            source.bootstrap,
+            bundle,
+            topics,
+            workdir / "serve-bp.log",
+            "--max-batch",
+            str(max_batch),
+            "--max-in-flight",
+            str(max_in_flight),
+            "--delivery-timeout-s",
+            "2",
+            env={"ANOMALY_PRODUCER__BOOTSTRAP_SERVERS": sink.bootstrap},
+            rss_every=0.5,
+        )
+        if not wait_until(lambda: serve.consumed() >= total // 10, 120, 0.05):
+            raise AssertionError("serve never got going:\n" + serve.log())
+        sink.pause()
+        paused_at = time.time()
+        samples = []
+        while time.time() - paused_at < pause_s:
+            samples.append((time.time() - paused_at, serve.consumed()))
+            time.sleep(0.5)
+        at_resume = committed(source.bootstrap, topics["group"], topics["input_topic"], 2)
+        consumed_in_pause = samples[-1][1]
+        uncommitted = consumed_in_pause - sum(v or 0 for v in at_resume.values())
+        # Flat: over the second half of the pause, consumption did not move.
+        half = [c for t, c in samples if t >= pause_s / 2]
+        stalled = bool(half) and max(half) == min(half)
+        alive = serve.alive and _healthy(serve)
+        rss_in_pause = [v for t, v in serve.rss if t >= paused_at - serve.started]
+        sink.resume()
+        caught_up = wait_until(drained(source.bootstrap, topics, ends), 180, 0.5)
+        status = serve.terminate()
+        books = account(sink.bootstrap, topics, ends)
+        warned = serve.has_event("backpressure")
+        bound = max_in_flight + max_batch
+        ok = bool(stalled and alive and caught_up and status == 0 and books.complete)
+        ok = ok and 0 <= uncommitted <= bound and warned and consumed_in_pause < total
+        return Outcome(
+            scenario="slow downstream (output broker SIGSTOP)",
+            runs=1,
+            faults=f"alert/DLQ/scores broker SIGSTOP {pause_s:.0f} s",
+            records_in=books.records_in,
+            accounted=books.accounted,
+            duplicates=books.duplicates,
+            max_rss_mb=serve.max_rss,
+            seconds=time.monotonic() - began,
+            ok=ok,
+            details={
+                "consumed_while_paused": [c for _, c in samples],
+                "uncommitted_at_resume": uncommitted,
+                "in_flight_bound": bound,
+                "polling_stopped": stalled,
+                "backpressure_logged": warned,
+                "rss_while_paused_mb": [round(v, 1) for v in rss_in_pause],
+                "exit_status": status,
+                "accounting": _books(books),
+            },
+        )
+    finally:
+        if serve is not None:
+            serve.stop()
+        sink.stop()
+        source.stop()
+
+
+def soak(
+    bundle: Path,
+    workdir: Path,
+    records: int = 1_000_000,
+    rss_every: float = 3.0,
+    warmup_fraction: float = 0.2,
+    growth_bound_mb: float = 64.0,
+) -> Outcome:
+    """``records`` through one serve process at the highest rate this machine sustains: a
+    separate producer process writes at full speed while serve consumes. RSS is sampled every
+    ``rss_every`` s; after warm-up (the first ``warmup_fraction`` of records) it must not grow
+    by more than ``growth_bound_mb``. Accounting uses the committed offsets and the service's
+    counters plus the alert and dead-letter topics (no scores topic: it would double the
+    broker's memory for a million records)."""
+    began = time.monotonic()
+    broker = LocalBroker(log_path=workdir / "tansu-soak.log").start()
+    serve = None
+    producer = None
+    try:
+        topics = new_topics(broker.bootstrap, 3, "soak")
+        topics.pop("scores_topic")
+        producer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.reliability_scenarios",
+                "produce",
+                broker.bootstrap,
+                topics["input_topic"],
+                str(records),
+                "6",
+            ],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        serve = Serve(
+            broker.bootstrap,
+            bundle,
+            topics,
+            workdir / "serve-soak.log",
+            rss_every=rss_every,
+            log_level="INFO",
+        )
+        progress: list[tuple[float, float]] = []
+        warm: list[tuple[float, float]] = []  # (seconds since serve start, MiB) at warm-up end
+
+        def finished() -> bool:
+            consumed = serve.consumed()
+            progress.append((time.monotonic() - began, consumed))
+            if not warm and consumed >= records * warmup_fraction and serve.rss:
+                warm.append(serve.rss[-1])
+            return consumed >= records
+
+        done = wait_until(finished, 3600, rss_every)
+        sent = int(producer.communicate(timeout=600)[0].strip() or 0)
+        ends = input_ends(broker.bootstrap, topics["input_topic"], sent)
+        caught_up = wait_until(drained(broker.bootstrap, topics, ends), 120, 0.5)
+        samples = serve.metrics()
+        status = serve.terminate()
+        consumed = metric_sum(samples, "anomaly_records_consumed_total")
+        scored = samples.get("anomaly_records_scored_total{}", 0)
+        dead = metric_sum(samples, "anomaly_records_dead_lettered_total")
+        dlq = read_all(broker.bootstrap, topics["dlq_topic"])
+        dead_sources = {_dead_source(m) for m in dlq}
+        warm_rss = warm[0][1] if warm else None
+        after_warm = [v for t, v in serve.rss if warm and t >= warm[0][0]]
+        growth = max(after_warm) - warm_rss if warm_rss is not None else float("inf")
+        elapsed = max(t for t, _ in progress) if progress else 0.0
+        poison = sum(1 for i in range(sent) if i % POISON_EVERY == POISON_EVERY - 1)
+        accounted = int(scored + len(dead_sources)) if consumed == sent else 0
+        ok = bool(done and caught_up and status == 0 and consumed == sent == scored + dead)
+        ok = ok and len(dead_sources) == poison and growth <= growth_bound_mb
+        return Outcome(
+            scenario="soak",
+            runs=1,
+            faults="none (sustained load)",
+            records_in=sent,
+            accounted=accounted,
+            duplicates=int(consumed - sent),
+            max_rss_mb=serve.max_rss,
+            seconds=time.monotonic() - began,
+            ok=ok,
+            details={
+                "records_per_s": round(sent / elapsed, 1) if elapsed else None,
+                "rss_after_warmup_mb": round(warm_rss, 1) if warm_rss else None,
+                "rss_growth_after_warmup_mb": round(growth, 1),
+                "growth_bound_mb": growth_bound_mb,
+                "rss_samples_mb": [round(v, 1) for _, v in serve.rss],
+                "rss_every_s": rss_every,
+                "dead_lettered": len(dead_sources),
+                "poison_produced": poison,
+                "exit_status": status,
+            },
+        )
+    finally:
+        if producer is not None and producer.poll() is None:
+            producer.kill()
+            producer.wait()
+        if serve is not None:
+            serve.stop()
+        broker.stop()
+
+
+def _healthy(serve: Serve) -> bool:
+    """/healthz answers 200 (the metrics thread lives even while the loop is blocked)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(serve.url.replace("/metrics", "/healthz"), timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _books(books: Accounting) -> dict[str, int]:
+    summary = asdict(books)
+    summary.pop("deliveries")
+    return summary
+
+
+def _tally(kinds: list[str]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(Counter(kinds).items()))
+
+
+SCENARIOS: dict[str, Callable[..., Outcome]] = {
+    "restart": broker_restart,
+    "stall": broker_stall,
+    "crash": crash_runs,
+    "backpressure": back_pressure,
+    "soak": soak,
+}
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) == 5 and argv[0] == "produce":
+        _, bootstrap, topic, n, seed = argv
+        print(produce_records(bootstrap, topic, int(n), int(seed)))
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
