@@ -99,9 +99,19 @@ def _is_image_source(path: Path) -> bool:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", default=None, help="Model name (default: the bundle dir name).")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute (GPUs only).")
+@click.option(
+    "--backend",
+    type=click.Choice(["tensorflow", "jax", "torch"]),
+    default=None,
+    help="Keras backend for this training run (same as `anomaly --backend`).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(data: Path, out: Path, **opts: Any) -> None:
+def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
     """Train a detector on normal data and write a model bundle."""
+    if backend:
+        if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != backend:
+            raise AnomalyError("--backend must be chosen before Keras is loaded")
+        os.environ["KERAS_BACKEND"] = backend
     from anomaly.schema import Schema
     from anomaly.training import train_bundle
 

@@ -66,3 +66,38 @@ def test_train_save_load_score_under_jax(tmp_path, tiny_bundle):
     x = np.concatenate([normal[:20], anomalies[:5]])
     tf_scores = Bundle.load(tiny_bundle).score(x).score
     np.testing.assert_allclose(result["tf_scores"], tf_scores, rtol=1e-3, atol=1e-3)
+
+
+def test_cli_train_backend_option_selects_jax(tmp_path):
+    import numpy as np
+
+    from tests.conftest import FEATURES, make_tabular_data
+
+    normal, _ = make_tabular_data(300, 0)
+    data = tmp_path / "normal.csv"
+    np.savetxt(data, normal, delimiter=",", header=",".join(FEATURES), comments="")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "anomaly.cli",
+            "train",
+            str(data),
+            "--out",
+            str(tmp_path / "b"),
+            "--epochs",
+            "1",
+            "--hidden",
+            "8",
+            "--quiet",
+            "--backend",
+            "jax",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["runtime"]["keras_backend"] == "jax"
