@@ -12,6 +12,13 @@ stretched, borders may be lost. ``"resize"`` resizes the whole image to the targ
 it when the aspect ratios differ. Channels: RGB to grayscale uses ITU-R 601 luma weights;
 grayscale to RGB repeats the channel; alpha is dropped.
 
+DICOM: rescale slope/intercept, then the linear VOI window (options, else the file's first
+WindowCenter/WindowWidth, else the frame's min..max), then MONOCHROME1 inversion; VOI LUT
+sequences and sigmoid VOI functions are not applied. Uncompressed and RLE transfer syntaxes
+need only numpy; JPEG baseline decodes through Pillow; JPEG-LS / JPEG 2000 need pylibjpeg
+plugins or python-gdcm (not dependencies: such files are reported as
+``unsupported_compression``).
+
 Memory: files are read lazily, one at a time, and frames are grouped into batches of
 ``batch_size``; only one batch (plus the file being decoded) is in memory. IDX files are
 streamed frame by frame; an NPZ array and a multi-frame DICOM are read whole (one file).
@@ -57,10 +64,10 @@ class ImageReadError(InputError):
     def __init__(self, path: str | Path, reason: str, message: str, frame: int | None = None):
         self.path = str(path)
         self.reason = reason
-        self.message = message
+        self.message = " ".join(message.split())  # one line for CSV cells and the page
         self.frame = frame
         where = self.path if frame is None else f"{self.path} frame {frame}"
-        super().__init__(where, f"{reason}: {message}")
+        super().__init__(where, f"{reason}: {self.message}")
 
 
 @dataclass(frozen=True)
@@ -292,12 +299,16 @@ def _read_dicom(
     try:
         pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        raise ImageReadError(
-            path,
-            "unsupported_compression",
-            f"{exc} (compressed transfer syntaxes need pylibjpeg / pylibjpeg-libjpeg / "
-            "python-gdcm installed)",
-        ) from exc
+        # pydicom says "missing dependencies" when no installed plugin can decode the
+        # transfer syntax; any other decoder failure means the compressed data is broken.
+        if isinstance(exc, NotImplementedError) or "missing dependencies" in str(exc):
+            raise ImageReadError(
+                path,
+                "unsupported_compression",
+                f"{exc} (install pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg or "
+                "python-gdcm for this transfer syntax)",
+            ) from exc
+        raise ImageReadError(path, "corrupt_pixel_data", str(exc)) from exc
     except (ValueError, EOFError, struct.error, AttributeError) as exc:
         raise ImageReadError(path, "corrupt_pixel_data", str(exc)) from exc
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)

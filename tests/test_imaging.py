@@ -113,6 +113,24 @@ def test_dicom_with_short_pixel_data_is_a_typed_error(tmp_path):
     assert info.value.reason == "corrupt_pixel_data"
 
 
+def test_dicom_with_broken_jpeg_data_is_a_typed_error(tmp_path):
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    path = tmp_path / "jpeg.dcm"
+    write_dicom(path, np.zeros((8, 8)), bits_allocated=8, bits_stored=8)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8 not a JPEG stream \xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError) as info:
+        _read_all(path)
+    assert info.value.reason == "corrupt_pixel_data"
+    assert "\n" not in info.value.message
+
+
 def test_truncated_png_is_a_typed_error(tmp_path):
     path = write_truncated_png(tmp_path / "cut.png", np.random.default_rng(0).random((32, 32)))
     with pytest.raises(ImageReadError) as info:
