@@ -103,10 +103,18 @@ def produce_records(
     start: int = 0,
     rate: float | None = None,
     stop: threading.Event | None = None,
+    burst: int = 1,
 ) -> int:
-    """Produce ``n`` records (at ``rate``/s when given), wait for the acks; returns how many."""
+    """Produce ``n`` records (at ``rate``/s on average when given, in bursts of ``burst``
+    records at full speed), wait for the acks; returns how many."""
+    # The harness' own producer is not idempotent: a memory-only broker that restarts forgets
+    # producer ids, and the load generator must keep going across that.
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=10, batch_size=256 * 1024
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=10,
+        batch_size=256 * 1024,
+        enable_idempotence=False,
     )
     began = time.perf_counter()
     sent = 0
@@ -114,7 +122,7 @@ def produce_records(
         if stop is not None and stop.is_set():
             break
         if rate:
-            delay = began + i / rate - time.perf_counter()
+            delay = began + (i // burst) * burst / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
         producer.send(topic, key=key, value=value)
@@ -122,6 +130,29 @@ def produce_records(
     producer.flush(timeout=120)
     producer.close()
     return sent
+
+
+class Feeder:
+    """A background producer offering ``rate`` records/s until ``stop()``; records then
+    hold how many were handed to the producer (all acknowledged once ``stop`` returns)."""
+
+    def __init__(self, bootstrap: str, topic: str, rate: float, seed: int, burst: int = 1):
+        self._stop = threading.Event()
+        self.records = 0
+        self._thread = threading.Thread(
+            target=self._run, args=(bootstrap, topic, rate, seed, burst), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, bootstrap: str, topic: str, rate: float, seed: int, burst: int) -> None:
+        self.records = produce_records(
+            bootstrap, topic, 10**9, seed, 0, rate, self._stop, burst=burst
+        )
+
+    def stop(self, timeout: float = 150.0) -> int:
+        self._stop.set()
+        self._thread.join(timeout)
+        return self.records
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -240,7 +271,7 @@ class Serve:
 
 # --- reading back and accounting ---------------------------------------------------------------
 def read_all(
-    bootstrap: str, topic: str, expect: int | None = None, timeout: float = 120.0, idle: float = 3.0
+    bootstrap: str, topic: str, expect: int | None = None, timeout: float = 120.0, idle: float = 1.5
 ) -> list[Any]:
     """Every record of ``topic`` from the start, without a group: until ``expect`` arrived,
     or until nothing new came for ``idle`` seconds."""
@@ -465,8 +496,10 @@ def broker_restart(
     records: int = 20_000,
     downtime_s: float = 6.0,
     idempotent: bool = True,
+    rate: float = 2000.0,
 ) -> Outcome:
-    """Stop the broker mid-stream (memory storage: every topic is lost), start it again on the
+    """Stop the broker while records flow in at ``rate``/s (memory storage: every topic is
+    lost), start it again on the
     same port, recreate the topics and re-produce. The service runs under a supervisor that
     restarts it if it exits (as Kubernetes would): it must recover, re-join and account for
     every re-produced record, with at most one exit (more is a crash loop).
@@ -481,9 +514,10 @@ def broker_restart(
     env = {} if idempotent else {"ANOMALY_PRODUCER__ENABLE_IDEMPOTENCE": "false"}
     label = "idempotent" if idempotent else "plain"
     supervisor = None
+    feeder = None
     try:
         topics = new_topics(broker.bootstrap, 2, "restart")
-        first = produce_records(broker.bootstrap, topics["input_topic"], records, seed=1)
+        feeder = Feeder(broker.bootstrap, topics["input_topic"], rate, seed=1)
         supervisor = Supervised(
             lambda n: Serve(
                 broker.bootstrap,
@@ -493,8 +527,13 @@ def broker_restart(
                 env=env,
             )
         )
-        if not wait_until(lambda: supervisor.check().consumed() >= first // 4, 120, 0.1):
+        if not wait_until(lambda: supervisor.check().consumed() >= 2 * rate, 120, 0.1):
             raise AssertionError("serve never got going:\n" + supervisor.current.log())
+        first = feeder.stop()
+        uncommitted_at_stop = supervisor.current.consumed() - sum(
+            v or 0
+            for v in committed(broker.bootstrap, topics["group"], topics["input_topic"], 2).values()
+        )
         broker.stop()
         stopped_at = time.monotonic()
         time.sleep(downtime_s)
@@ -527,6 +566,7 @@ def broker_restart(
             ok=ok,
             details={
                 "first_life_records": first,
+                "consumed_not_committed_at_stop": uncommitted_at_stop,
                 "alive_while_broker_down": alive_while_down,
                 "broker_down_s": round(restarted_in, 1),
                 "caught_up_after_restart": bool(caught_up),
@@ -537,33 +577,39 @@ def broker_restart(
             },
         )
     finally:
+        if feeder is not None:
+            feeder.stop(10)
         if supervisor is not None:
             supervisor.stop()
         broker.stop()
 
 
 def broker_stall(
-    bundle: Path, workdir: Path, records: int = 30_000, stall_s: float = 8.0
+    bundle: Path, workdir: Path, rate: float = 2000.0, stall_s: float = 8.0, after_s: float = 5.0
 ) -> Outcome:
-    """SIGSTOP the broker for longer than the session timeout (4 s), then SIGCONT: the member
-    rejoins, everything committed before the stall stays delivered, every record accounted."""
+    """SIGSTOP the broker for longer than the session timeout (4 s) while records flow in at
+    ``rate``/s, then SIGCONT: the member rejoins, everything committed before the stall stays
+    delivered, and every record (fed before, during and ``after_s`` after) is accounted for."""
     began = time.monotonic()
     broker = LocalBroker(log_path=workdir / "tansu-stall.log").start()
     serve = None
+    feeder = None
     try:
         topics = new_topics(broker.bootstrap, 2, "stall")
-        total = produce_records(broker.bootstrap, topics["input_topic"], records, seed=3)
-        ends = input_ends(broker.bootstrap, topics["input_topic"], total)
+        feeder = Feeder(broker.bootstrap, topics["input_topic"], rate, seed=3)
         serve = Serve(
             broker.bootstrap, bundle, topics, workdir / "serve-stall.log", "--max-batch", "100"
         )
-        if not wait_until(lambda: serve.consumed() >= total // 5, 120, 0.05):
+        if not wait_until(lambda: serve.consumed() >= rate, 120, 0.1):
             raise AssertionError("serve never got going:\n" + serve.log())
         before = committed(broker.bootstrap, topics["group"], topics["input_topic"], 2)
         broker.pause()
         time.sleep(stall_s)
         alive_in_stall = serve.alive
         broker.resume()
+        time.sleep(after_s)
+        total = feeder.stop()
+        ends = input_ends(broker.bootstrap, topics["input_topic"], total)
         caught_up = wait_until(drained(broker.bootstrap, topics, ends), 180, 0.5)
         after = committed(broker.bootstrap, topics["group"], topics["input_topic"], 2)
         status = serve.terminate()
@@ -572,13 +618,16 @@ def broker_stall(
         committed_delivered = all(
             (p, o) in books.deliveries for p, end in before.items() for o in range(end or 0)
         )
-        rejoined = sum(1 for e in serve.events() if e.get("event") == "assigned")
+        events = serve.events()
+        rejoined = sum(1 for e in events if e.get("event") == "assigned")
+        commit_failures = sum(1 for e in events if e.get("event") == "commit_failed")
         ok = bool(alive_in_stall and caught_up and status == 0 and books.complete)
         ok = ok and kept and committed_delivered
         return Outcome(
             scenario="network stall (broker SIGSTOP)",
             runs=1,
-            faults=f"broker SIGSTOP {stall_s:.0f} s > 4 s session timeout, then SIGCONT",
+            faults=f"broker SIGSTOP {stall_s:.0f} s (> 4 s session timeout) under "
+            f"{rate:.0f} records/s, then SIGCONT",
             records_in=books.records_in,
             accounted=books.accounted,
             duplicates=books.duplicates,
@@ -591,12 +640,15 @@ def broker_stall(
                 "committed_kept": kept,
                 "committed_records_delivered": committed_delivered,
                 "assignments_seen": rejoined,
+                "commit_failures_logged": commit_failures,
                 "alive_during_stall": alive_in_stall,
                 "exit_status": status,
                 "accounting": _books(books),
             },
         )
     finally:
+        if feeder is not None:
+            feeder.stop(10)
         if serve is not None:
             serve.stop()
         broker.stop()
@@ -614,9 +666,11 @@ def crash_runs(
     """SIGKILL serve at random moments, ``crashes`` times, while a producer feeds the input at
     ``rate`` records/s; then one last member drains, and every input offset is reconciled.
 
-    Every third crash is a kill during a rebalance: a new member is started while the current
-    one runs, and the current one is killed as soon as it logs that its partitions are being
-    revoked. The others kill after a random 0-4 s of serving and restart a fresh member.
+    The input comes in bursts (two seconds' worth at full speed, every two seconds). Every
+    third crash is a kill during a rebalance: a new member is started while the current one
+    runs, and the current one is killed as soon as it logs that its partitions are being
+    revoked. Of the others, one in two is aimed into a burst (killed within 0.3 s of seeing
+    consumption move), the rest after a random 0-4 s of serving; a fresh member then starts.
     Each kill is classified from the broker afterwards: ``after_commit`` (nothing delivered
     past the last commit: the next batch was not yet produced), ``uncommitted`` (outputs
     delivered, not committed: between produce and commit), ``rebalance`` or ``startup``
@@ -626,20 +680,12 @@ def crash_runs(
     rng = random.Random(seed)
     broker = LocalBroker(log_path=workdir / "tansu-crash.log").start()
     members: list[Serve] = []
-    stop_feed = threading.Event()
     feeder = None
     try:
         topics = new_topics(broker.bootstrap, 3, "crash")
-        fed: list[int] = []
-        feeder = threading.Thread(
-            target=lambda: fed.append(
-                produce_records(
-                    broker.bootstrap, topics["input_topic"], 10**9, 5, 0, rate, stop_feed
-                )
-            ),
-            daemon=True,
-        )
-        feeder.start()
+        # Bursts: the member alternates between busy (outputs waiting for their commit) and
+        # idle (everything committed), so random kills land in both.
+        feeder = Feeder(broker.bootstrap, topics["input_topic"], rate, seed=5, burst=int(rate * 2))
         extra = ("--max-batch", str(max_batch), "--max-in-flight", str(max_in_flight))
 
         def member(name: str) -> Serve:
@@ -673,13 +719,16 @@ def crash_runs(
             else:
                 if not wait_until(lambda s=current: holds_partitions(s), 120, 0.2):
                     raise AssertionError("member never got partitions:\n" + current.log())
-                time.sleep(rng.uniform(0.0, 4.0))
+                if i % 3 == 1:
+                    # Aim into a burst: once consumption is seen moving, kill within 0.3 s.
+                    wait_until(lambda s=current: _consuming(s), 10, 0.0)
+                    time.sleep(rng.uniform(0.0, 0.3))
+                else:
+                    time.sleep(rng.uniform(0.0, 4.0))
                 kills.append(current.kill())
                 kinds.append(_classify_kill(broker.bootstrap, topics, kills[-1]))
                 current = member(f"{i + 1}")
-        stop_feed.set()
-        feeder.join(60)
-        total = fed[0] if fed else 0
+        total = feeder.stop()
         ends = input_ends(broker.bootstrap, topics["input_topic"], total)
         caught_up = wait_until(drained(broker.bootstrap, topics, ends), 240, 0.5)
         status = current.terminate()
@@ -710,10 +759,18 @@ def crash_runs(
             },
         )
     finally:
-        stop_feed.set()
+        if feeder is not None:
+            feeder.stop(10)
         for serve in members:
             serve.stop()
         broker.stop()
+
+
+def _consuming(serve: Serve) -> bool:
+    """Whether the consumed counter moves over 50 ms."""
+    before = serve.consumed()
+    time.sleep(0.05)
+    return serve.consumed() > before
 
 
 def _classify_kill(bootstrap: str, topics: dict[str, str], at: float) -> str:

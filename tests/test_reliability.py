@@ -1,0 +1,111 @@
+"""Faults and load against a running `anomaly serve` (real broker, processes and signals).
+
+Each test owns a Tansu broker on 127.0.0.1 (it is stopped, paused or restarted) and reconciles
+every input offset against the output topics read back from the broker: scored (a score
+message; an alert as well when over the threshold) or dead-lettered, never both, never
+missing. The scenarios live in tests/reliability_scenarios.py, shared with
+bench/reliability.py, which runs them at full size for docs/reliability.md.
+
+The default run (CI) uses small, bounded sizes: about 3 minutes in all on a 2-core machine.
+The long versions (21 SIGKILL crashes, a 1M-record soak, a longer stall and pause) are
+marked ``slow`` and only run with ``ANOMALY_RELIABILITY_LONG=1``::
+
+    ANOMALY_RELIABILITY_LONG=1 python -m pytest -m slow tests/test_reliability.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.reliability_scenarios import (
+    Outcome,
+    back_pressure,
+    broker_restart,
+    broker_stall,
+    crash_runs,
+    soak,
+)
+
+pytestmark = pytest.mark.kafka
+
+LONG = os.environ.get("ANOMALY_RELIABILITY_LONG") == "1"
+long_only = pytest.mark.skipif(not LONG, reason="long reliability run: ANOMALY_RELIABILITY_LONG=1")
+
+
+def explain(outcome: Outcome) -> str:
+    return json.dumps(outcome.to_dict(), indent=1, default=str)
+
+
+def assert_books(outcome: Outcome) -> None:
+    """Every input offset scored or dead-lettered, alerts exactly where scores cross."""
+    books = outcome.details["accounting"]
+    assert outcome.records_in > 0, explain(outcome)
+    assert books["missing"] == 0 and outcome.accounted == outcome.records_in, explain(outcome)
+    assert books["scored_and_dead"] == 0, explain(outcome)
+    assert books["alerts_missing"] == 0 and books["alerts_unexpected"] == 0, explain(outcome)
+
+
+def test_broker_restart_mid_stream_is_survived_without_a_crash_loop(tiny_bundle, tmp_path):
+    outcome = broker_restart(tiny_bundle, tmp_path, records=5000, downtime_s=6.0)
+    d = outcome.details
+    assert d["alive_while_broker_down"], explain(outcome)
+    assert len(d["service_exits"]) <= 1, explain(outcome)  # more is a crash loop
+    assert d["caught_up_after_restart"] and d["ready_again"], explain(outcome)
+    assert d["exit_status"] == 0, explain(outcome)
+    assert_books(outcome)
+
+
+def test_broker_stall_longer_than_the_session_timeout(tiny_bundle, tmp_path):
+    outcome = broker_stall(tiny_bundle, tmp_path, rate=2000.0, stall_s=8.0)
+    d = outcome.details
+    assert d["alive_during_stall"] and d["exit_status"] == 0, explain(outcome)
+    assert d["committed_kept"] and d["committed_records_delivered"], explain(outcome)
+    assert_books(outcome)
+
+
+def test_sigkill_at_random_moments_loses_nothing(tiny_bundle, tmp_path):
+    outcome = crash_runs(tiny_bundle, tmp_path, crashes=3, rate=1000.0, seed=1)
+    d = outcome.details
+    assert "rebalance" in d["kill_kinds"], explain(outcome)
+    assert d["final_exit_status"] == 0, explain(outcome)
+    assert_books(outcome)
+    assert d["max_duplicates_per_crash"] <= d["in_flight_bound"], explain(outcome)
+    assert d["duplicates_without_crash"] == 0, explain(outcome)
+
+
+def test_blocked_output_broker_applies_back_pressure(tiny_bundle, tmp_path):
+    outcome = back_pressure(tiny_bundle, tmp_path, records=40_000, pause_s=8.0)
+    d = outcome.details
+    assert d["polling_stopped"] and d["backpressure_logged"], explain(outcome)
+    assert 0 <= d["uncommitted_at_resume"] <= d["in_flight_bound"], explain(outcome)
+    assert d["exit_status"] == 0, explain(outcome)
+    assert_books(outcome)
+
+
+@pytest.mark.slow
+@long_only
+def test_long_twenty_one_crashes(tiny_bundle, tmp_path):
+    outcome = crash_runs(tiny_bundle, tmp_path, crashes=21, rate=1500.0, seed=0)
+    assert outcome.ok, explain(outcome)
+    assert_books(outcome)
+
+
+@pytest.mark.slow
+@long_only
+def test_long_soak_of_a_million_records_has_flat_memory(tiny_bundle, tmp_path):
+    outcome = soak(tiny_bundle, tmp_path, records=1_000_000, rss_every=3.0)
+    d = outcome.details
+    assert d["rss_growth_after_warmup_mb"] <= d["growth_bound_mb"], explain(outcome)
+    assert outcome.ok, explain(outcome)
+
+
+@pytest.mark.slow
+@long_only
+def test_long_stall_and_pause(tiny_bundle, tmp_path):
+    stall = broker_stall(tiny_bundle, tmp_path, rate=3000.0, stall_s=15.0)
+    assert stall.ok, explain(stall)
+    paused = back_pressure(tiny_bundle, tmp_path, records=100_000, pause_s=20.0)
+    assert paused.ok, explain(paused)
