@@ -56,7 +56,11 @@ def run(names: list[str], args: argparse.Namespace, workdir: Path) -> dict[str, 
     outcomes = {}
     for name in names:
         print(f"--- {name}", flush=True)
-        outcome = plans[name]()
+        try:
+            outcome = plans[name]()
+        except Exception as exc:  # one broken scenario must not lose the others' figures
+            outcome = Outcome(name, 0, "scenario error", 0, 0, 0, 0.0, 0.0, False)
+            outcome.details = {"error": repr(exc)[:2000]}
         outcomes[name] = outcome
         print(
             f"{outcome.scenario}: ok={outcome.ok} in={outcome.records_in} "
@@ -79,6 +83,8 @@ def merge(outcomes: dict[str, Outcome], command: str) -> dict[str, dict]:
 
 def _notes(name: str, row: dict) -> str:
     d = row["details"]
+    if "error" in d:
+        return f"scenario error: {d['error'][:200]}"
     if name.startswith("restart"):
         exits = d.get("service_exits", [])
         why = f"; exit: {exits[0]['last_line'][:120]}" if exits else ""

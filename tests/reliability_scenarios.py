@@ -942,7 +942,9 @@ def soak(
         warm_rss = warm[0][1] if warm else None
         after_warm = [v for t, v in serve.rss if warm and t >= warm[0][0]]
         growth = max(after_warm) - warm_rss if warm_rss is not None else float("inf")
-        elapsed = max(t for t, _ in progress) if progress else 0.0
+        # Rate from the first consumed record to the last (not counting serve's start-up).
+        moving = [t for t, c in progress if c > 0]
+        elapsed = max(moving) - min(moving) if len(moving) > 1 else 0.0
         poison = sum(1 for i in range(sent) if i % POISON_EVERY == POISON_EVERY - 1)
         accounted = int(scored + len(dead_sources)) if consumed == sent else 0
         ok = bool(done and caught_up and status == 0 and consumed == sent == scored + dead)
