@@ -320,7 +320,7 @@ class Bundle:
                 f"{path}: schema {schema.input_shape} does not match the network's input "
                 f"shape {tuple(state['input_shape'])}"
             )
-        needed = {f"{MODEL_DIR}/{name}.keras" for name in _subnets(detector_cls)}
+        needed = {f"{MODEL_DIR}/{name}.keras" for name in detector_cls.subnet_names}
         missing = sorted(needed - set(files))
         if missing:
             raise BundleError(f"{manifest_path}: manifest does not list {', '.join(missing)}")
@@ -336,9 +336,3 @@ class Bundle:
             except (KeyError, ValueError) as exc:
                 raise BundleError(f"{manifest_path}: bad preprocessing: {exc}") from exc
         return cls(path, manifest, detector, schema, preprocessor)
-
-
-def _subnets(detector_cls: Any) -> tuple[str, ...]:
-    import importlib
-
-    return importlib.import_module(detector_cls.__module__).SUBNETS

@@ -11,7 +11,6 @@ D = mean |f(x) - f(G(z*))|. z* comes from
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -19,7 +18,7 @@ import numpy as np
 from keras import ops
 
 from detectors import networks
-from detectors.base import Detector, ScoreComponents, iter_chunks, pad_to_bucket
+from detectors.base import GANDetector, ScoreComponents, ScoreNormaliser, iter_chunks, pad_to_bucket
 from detectors.training import (
     StabilityMonitor,
     early_stopping,
@@ -27,8 +26,6 @@ from detectors.training import (
     set_mixed_precision,
     validation_split,
 )
-
-SUBNETS = ("generator", "discriminator", "encoder")
 
 
 def _bce_logits(target: float, logits: Any) -> Any:
@@ -171,7 +168,7 @@ class LatentSearch(keras.Model):
         return ops.mean((1.0 - self.lam) * residual + self.lam * disc)
 
 
-class AnoGAN(Detector):
+class AnoGAN(GANDetector):
     """AnoGAN detector (dense or convolutional), scoring by latent search or izi_f encoder.
 
     Score components: ``reconstruction`` = R(x), ``discriminator`` = D(x) (both above);
@@ -179,6 +176,7 @@ class AnoGAN(Detector):
     """
 
     name = "anogan"
+    subnet_names = ("generator", "discriminator", "encoder")
 
     def __init__(
         self,
@@ -228,7 +226,6 @@ class AnoGAN(Detector):
         self.mixed_precision = mixed_precision
         self.seed = seed
         self.verbose = verbose
-        self.subnets_: dict[str, keras.Model] | None = None
         self._residual_model: keras.Model | None = None
         self._search: LatentSearch | None = None
 
@@ -261,53 +258,12 @@ class AnoGAN(Detector):
 
     def fit_normaliser(self, X_normal: np.ndarray) -> None:
         """The paper's score is used as is: identity scaling, weights (1 - lambda, lambda)."""
-        from detectors.base import ScoreNormaliser
-
         names = self.score_weights()
         self.normaliser_ = ScoreNormaliser(
             weights=names,
             centre={k: 0.0 for k in names},
             scale={k: 1.0 for k in names},
         )
-
-    # --- shapes (same padding rule as GANomaly) -------------------------------------------
-    @property
-    def is_image(self) -> bool:
-        return len(self.input_shape_) == 3
-
-    def _model_shape(self) -> tuple[int, ...]:
-        if not self.is_image:
-            return tuple(self.input_shape_)
-        h, w, c = self.input_shape_
-        side = networks.padded_side(h, w)
-        return (side, side, c)
-
-    def _to_model(self, x: np.ndarray) -> np.ndarray:
-        if not self.is_image:
-            return x
-        h, w, _ = self.input_shape_
-        side = self._model_shape()[0]
-        top, left = (side - h) // 2, (side - w) // 2
-        return np.pad(x, ((0, 0), (top, side - h - top), (left, side - w - left), (0, 0)))
-
-    def _from_model(self, x: np.ndarray) -> np.ndarray:
-        if not self.is_image:
-            return x
-        h, w, _ = self.input_shape_
-        side = self._model_shape()[0]
-        top, left = (side - h) // 2, (side - w) // 2
-        return x[:, top : top + h, left : left + w, :]
-
-    def _resolved_latent_dim(self) -> int:
-        if self.latent_dim:
-            return int(self.latent_dim)
-        return 100 if self.is_image else max(4, self.input_shape_[0] // 2)
-
-    def _build_discriminator(self) -> keras.Model:
-        shape = self._model_shape()
-        if self.is_image:
-            return networks.conv_discriminator(shape[0], shape[2], self.filters)
-        return networks.dense_discriminator(shape[0], self.hidden)
 
     def _build_subnets(self) -> dict[str, keras.Model]:
         latent = self._resolved_latent_dim()
@@ -463,32 +419,3 @@ class AnoGAN(Detector):
             np.asarray(self.subnets_["generator"].predict_on_batch(z[c])) for c in iter_chunks(n)
         ]
         return self._from_model(np.concatenate(out).astype(np.float32))
-
-    # --- persistence --------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> list[Path]:
-        """One native .keras file per network plus ``detector.json``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        files = []
-        for name in SUBNETS:
-            path = directory / f"{name}.keras"
-            self.subnets_[name].save(path)
-            files.append(path)
-        files.append(self._write_state(directory))
-        return files
-
-    @classmethod
-    def load(cls, directory: str | Path, state: dict[str, Any]) -> AnoGAN:
-        """Rebuild from ``save``'s files in Keras safe mode."""
-        directory = Path(directory)
-        params = dict(state["params"])
-        params["hidden"] = tuple(params["hidden"])
-        detector = cls(**params)
-        detector._restore_state(state)
-        detector.subnets_ = {
-            name: keras.saving.load_model(
-                directory / f"{name}.keras", safe_mode=True, compile=False
-            )
-            for name in SUBNETS
-        }
-        return detector

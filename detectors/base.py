@@ -227,3 +227,109 @@ class Detector:
         path = directory / self.config_file
         path.write_text(json.dumps(self._state(), indent=2))
         return path
+
+
+class GANDetector(Detector):
+    """What GANomaly and AnoGAN share: image padding, network builders, .keras persistence.
+
+    Convolutional networks need a power-of-two square side, so images are zero-padded
+    (centred) into model space and every output is cropped back to the input's shape.
+    """
+
+    subnet_names: tuple[str, ...] = ()
+    filters: int
+    hidden: tuple[int, ...]
+    latent_dim: int | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subnets_: dict[str, Any] | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.input_shape_) == 3
+
+    def _model_shape(self) -> tuple[int, ...]:
+        from detectors.networks import padded_side
+
+        if not self.is_image:
+            return tuple(self.input_shape_)
+        h, w, c = self.input_shape_
+        side = padded_side(h, w)
+        return (side, side, c)
+
+    def _pads(self) -> tuple[int, int, int]:
+        h, w, _ = self.input_shape_
+        side = self._model_shape()[0]
+        return side, (side - h) // 2, (side - w) // 2
+
+    def _to_model(self, x: np.ndarray) -> np.ndarray:
+        """Images zero-padded (centred) to model space; feature vectors unchanged."""
+        if not self.is_image:
+            return x
+        h, w, _ = self.input_shape_
+        side, top, left = self._pads()
+        if side == h == w:
+            return x
+        return np.pad(x, ((0, 0), (top, side - h - top), (left, side - w - left), (0, 0)))
+
+    def _from_model(self, x: np.ndarray) -> np.ndarray:
+        """Model-space outputs cropped back to the input's shape."""
+        if not self.is_image:
+            return x
+        h, w, _ = self.input_shape_
+        _, top, left = self._pads()
+        return x[:, top : top + h, left : left + w, :]
+
+    def _resolved_latent_dim(self) -> int:
+        if self.latent_dim:
+            return int(self.latent_dim)
+        return 100 if self.is_image else max(4, self.input_shape_[0] // 2)
+
+    def _build_discriminator(self) -> Any:
+        from detectors import networks
+
+        shape = self._model_shape()
+        if self.is_image:
+            return networks.conv_discriminator(shape[0], shape[2], self.filters)
+        return networks.dense_discriminator(shape[0], self.hidden)
+
+    # --- persistence ------------------------------------------------------------------------
+    def _save_extra(self, directory: Path) -> list[Path]:
+        """Files beyond the networks and ``detector.json`` (none by default)."""
+        return []
+
+    def _load_extra(self, directory: Path) -> None:
+        """Read back what ``_save_extra`` wrote."""
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """One native .keras file per network, ``detector.json`` and any extra state."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        files = []
+        for name in self.subnet_names:
+            path = directory / f"{name}.keras"
+            self.subnets_[name].save(path)
+            files.append(path)
+        files.extend(self._save_extra(directory))
+        files.append(self._write_state(directory))
+        return files
+
+    @classmethod
+    def load(cls, directory: str | Path, state: dict[str, Any]) -> GANDetector:
+        """Rebuild from ``save``'s files in Keras safe mode (no arbitrary code deserialised)."""
+        import keras
+
+        directory = Path(directory)
+        params = dict(state["params"])
+        params["hidden"] = tuple(params["hidden"])
+        detector = cls(**params)
+        detector._restore_state(state)
+        detector.subnets_ = {
+            name: keras.saving.load_model(
+                directory / f"{name}.keras", safe_mode=True, compile=False
+            )
+            for name in cls.subnet_names
+        }
+        detector._load_extra(directory)
+        return detector

@@ -17,7 +17,7 @@ import numpy as np
 from keras import ops
 
 from detectors import networks
-from detectors.base import Detector, ScoreComponents, pad_to_bucket
+from detectors.base import GANDetector, ScoreComponents, pad_to_bucket
 from detectors.training import (
     StabilityMonitor,
     early_stopping,
@@ -25,8 +25,6 @@ from detectors.training import (
     set_mixed_precision,
     validation_split,
 )
-
-SUBNETS = ("encoder", "decoder", "encoder2", "discriminator")
 
 
 def _bce_logits(target: float, logits: Any) -> Any:
@@ -110,7 +108,7 @@ class GANomalyNet(keras.Model):
             var.assign(value)
 
 
-class GANomaly(Detector):
+class GANomaly(GANDetector):
     """GANomaly detector, dense (feature vectors) or convolutional (images, any H x W x C).
 
     Score components: ``reconstruction`` = mean |x - x_hat|, ``latent`` = mean (z - z_hat)^2
@@ -120,6 +118,7 @@ class GANomaly(Detector):
     """
 
     name = "ganomaly"
+    subnet_names = ("encoder", "decoder", "encoder2", "discriminator")
 
     def __init__(
         self,
@@ -161,7 +160,6 @@ class GANomaly(Detector):
         self.mixed_precision = mixed_precision
         self.seed = seed
         self.verbose = verbose
-        self.subnets_: dict[str, keras.Model] | None = None
         self.latent_mean_: np.ndarray | None = None
         self.latent_std_: np.ndarray | None = None
         self._scorer: keras.Model | None = None
@@ -190,42 +188,6 @@ class GANomaly(Detector):
     def score_weights(self) -> dict[str, float]:
         return self.weights
 
-    # --- shapes ---------------------------------------------------------------------------
-    @property
-    def is_image(self) -> bool:
-        return len(self.input_shape_) == 3
-
-    def _model_shape(self) -> tuple[int, ...]:
-        if not self.is_image:
-            return tuple(self.input_shape_)
-        h, w, c = self.input_shape_
-        side = networks.padded_side(h, w)
-        return (side, side, c)
-
-    def _to_model(self, x: np.ndarray) -> np.ndarray:
-        """Zero-pad images (centred) up to the power-of-two square the conv nets need."""
-        if not self.is_image:
-            return x
-        h, w, _ = self.input_shape_
-        side = self._model_shape()[0]
-        top, left = (side - h) // 2, (side - w) // 2
-        if side == h == w:
-            return x
-        return np.pad(x, ((0, 0), (top, side - h - top), (left, side - w - left), (0, 0)))
-
-    def _from_model(self, x: np.ndarray) -> np.ndarray:
-        if not self.is_image:
-            return x
-        h, w, _ = self.input_shape_
-        side = self._model_shape()[0]
-        top, left = (side - h) // 2, (side - w) // 2
-        return x[:, top : top + h, left : left + w, :]
-
-    def _resolved_latent_dim(self) -> int:
-        if self.latent_dim:
-            return int(self.latent_dim)
-        return 100 if self.is_image else max(4, self.input_shape_[0] // 2)
-
     def _build_subnets(self) -> dict[str, keras.Model]:
         latent = self._resolved_latent_dim()
         shape = self._model_shape()
@@ -244,12 +206,6 @@ class GANomaly(Detector):
             "encoder2": networks.dense_encoder(dim, latent, self.hidden, "encoder2"),
             "discriminator": self._build_discriminator(),
         }
-
-    def _build_discriminator(self) -> keras.Model:
-        shape = self._model_shape()
-        if self.is_image:
-            return networks.conv_discriminator(shape[0], shape[2], self.filters)
-        return networks.dense_discriminator(shape[0], self.hidden)
 
     # --- training ---------------------------------------------------------------------------
     def fit(
@@ -352,34 +308,10 @@ class GANomaly(Detector):
         return self._from_model(np.concatenate(out).astype(np.float32))
 
     # --- persistence --------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> list[Path]:
-        """Write one native .keras file per sub-network plus ``detector.json``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        files = []
-        for name in SUBNETS:
-            path = directory / f"{name}.keras"
-            self.subnets_[name].save(path)
-            files.append(path)
+    def _save_extra(self, directory: Path) -> list[Path]:
         np.savez(directory / "latent.npz", mean=self.latent_mean_, std=self.latent_std_)
-        files.append(directory / "latent.npz")
-        files.append(self._write_state(directory))
-        return files
+        return [directory / "latent.npz"]
 
-    @classmethod
-    def load(cls, directory: str | Path, state: dict[str, Any]) -> GANomaly:
-        """Rebuild from ``save``'s files (Keras safe mode: no arbitrary code is deserialised)."""
-        directory = Path(directory)
-        params = dict(state["params"])
-        params["hidden"] = tuple(params["hidden"])
-        detector = cls(**params)
-        detector._restore_state(state)
-        detector.subnets_ = {
-            name: keras.saving.load_model(
-                directory / f"{name}.keras", safe_mode=True, compile=False
-            )
-            for name in SUBNETS
-        }
+    def _load_extra(self, directory: Path) -> None:
         with np.load(directory / "latent.npz", allow_pickle=False) as latent:
-            detector.latent_mean_, detector.latent_std_ = latent["mean"], latent["std"]
-        return detector
+            self.latent_mean_, self.latent_std_ = latent["mean"], latent["std"]

@@ -56,12 +56,8 @@ def _n_downsamples(side: int) -> int:
     return int(math.log2(side)) - 2
 
 
-def conv_encoder(
-    side: int, channels: int, latent_dim: int, filters: int, name: str = "encoder"
-) -> keras.Model:
-    """DCGAN encoder: strided 4x4 convolutions down to 4x4, then a 4x4 'valid' conv to z."""
-    inputs = keras.Input((side, side, channels), name=f"{name}_input")
-    x = inputs
+def _conv_down(x: keras.KerasTensor, side: int, filters: int, name: str) -> keras.KerasTensor:
+    """Strided 4x4 convolutions (BatchNorm after the first, LeakyReLU) from side to 4x4."""
     for i in range(_n_downsamples(side)):
         x = layers.Conv2D(
             filters * 2**i, 4, strides=2, padding="same", use_bias=False, name=f"{name}_conv{i}"
@@ -69,6 +65,15 @@ def conv_encoder(
         if i > 0:
             x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
         x = layers.LeakyReLU(0.2, name=f"{name}_act{i}")(x)
+    return x
+
+
+def conv_encoder(
+    side: int, channels: int, latent_dim: int, filters: int, name: str = "encoder"
+) -> keras.Model:
+    """DCGAN encoder: strided 4x4 convolutions down to 4x4, then a 4x4 'valid' conv to z."""
+    inputs = keras.Input((side, side, channels), name=f"{name}_input")
+    x = _conv_down(inputs, side, filters, name)
     x = layers.Conv2D(latent_dim, 4, padding="valid", use_bias=False, name=f"{name}_to_latent")(x)
     z = layers.Flatten(name=f"{name}_flatten", dtype="float32")(x)
     return keras.Model(inputs, z, name=name)
@@ -107,14 +112,7 @@ def conv_discriminator(
 ) -> keras.Model:
     """DCGAN discriminator: image -> (logit, last 4x4 feature map for feature matching)."""
     inputs = keras.Input((side, side, channels), name=f"{name}_input")
-    x = inputs
-    for i in range(_n_downsamples(side)):
-        x = layers.Conv2D(
-            filters * 2**i, 4, strides=2, padding="same", use_bias=False, name=f"{name}_conv{i}"
-        )(x)
-        if i > 0:
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
-        x = layers.LeakyReLU(0.2, name=f"{name}_act{i}")(x)
+    x = _conv_down(inputs, side, filters, name)
     features = layers.Activation("linear", dtype="float32", name=f"{name}_features")(x)
     x = layers.Conv2D(1, 4, padding="valid", name=f"{name}_to_logit")(features)
     logit = layers.Flatten(name=f"{name}_logit", dtype="float32")(x)
