@@ -126,6 +126,12 @@ def write_doc(rows: dict[str, dict]) -> None:
         "About 1 % of the input is poison (each kind in turn), so dead-lettering is under test",
         "too.",
         "",
+        "Kill kinds (SIGKILL crash runs), judged from the broker after each kill:",
+        "`after_commit` = everything delivered was committed (killed before the next batch was",
+        "produced); `uncommitted` = outputs delivered past the last commit (between produce and",
+        "commit); `rebalance` = killed as soon as it logged that its partitions were being",
+        "revoked after a new member joined; `startup` = before it had produced anything.",
+        "",
         "| test | runs | faults injected | records in | records accounted | duplicates "
         "| max RSS (MiB) | ok | notes |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -170,7 +176,13 @@ def main() -> int:
     parser.add_argument("--pause-seconds", type=float, default=15.0)
     parser.add_argument("--soak-records", type=int, default=1_000_000)
     parser.add_argument("--rss-every", type=float, default=3.0)
+    parser.add_argument(
+        "--doc-only", action="store_true", help="rewrite docs/reliability.md from the JSON"
+    )
     args = parser.parse_args()
+    if args.doc_only:
+        write_doc(json.loads(RESULTS.read_text()))
+        return 0
     command = "python bench/reliability.py " + shlex.join(sys.argv[1:])
     workdir = ROOT / "bench" / "out" / "reliability-logs" / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True)

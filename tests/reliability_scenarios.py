@@ -585,11 +585,19 @@ def broker_restart(
 
 
 def broker_stall(
-    bundle: Path, workdir: Path, rate: float = 2000.0, stall_s: float = 8.0, after_s: float = 5.0
+    bundle: Path,
+    workdir: Path,
+    rate: float = 2000.0,
+    stall_s: float = 8.0,
+    after_s: float = 5.0,
+    request_timeout_ms: int = 5000,
 ) -> Outcome:
-    """SIGSTOP the broker for longer than the session timeout (4 s) while records flow in at
-    ``rate``/s, then SIGCONT: the member rejoins, everything committed before the stall stays
-    delivered, and every record (fed before, during and ``after_s`` after) is accounted for."""
+    """SIGSTOP the broker for longer than the session timeout (4 s) and the clients' request
+    timeout (``ANOMALY_KAFKA__REQUEST_TIMEOUT_MS``, 5 s here; 30 s by default, so a stall past
+    it behaves the same) while records flow in at ``rate``/s, then SIGCONT: the clients give
+    up on their connections, reconnect and carry on; everything committed before the stall
+    stays delivered, and every record (fed before, during and ``after_s`` after) is
+    accounted for."""
     began = time.monotonic()
     broker = LocalBroker(log_path=workdir / "tansu-stall.log").start()
     serve = None
@@ -598,9 +606,15 @@ def broker_stall(
         topics = new_topics(broker.bootstrap, 2, "stall")
         feeder = Feeder(broker.bootstrap, topics["input_topic"], rate, seed=3)
         serve = Serve(
-            broker.bootstrap, bundle, topics, workdir / "serve-stall.log", "--max-batch", "100"
+            broker.bootstrap,
+            bundle,
+            topics,
+            workdir / "serve-stall.log",
+            "--max-batch",
+            "100",
+            env={"ANOMALY_KAFKA__REQUEST_TIMEOUT_MS": str(request_timeout_ms)},
         )
-        if not wait_until(lambda: serve.consumed() >= rate, 120, 0.1):
+        if not wait_until(lambda: serve.consumed() >= 3 * rate, 120, 0.1):
             raise AssertionError("serve never got going:\n" + serve.log())
         before = committed(broker.bootstrap, topics["group"], topics["input_topic"], 2)
         broker.pause()
@@ -621,13 +635,15 @@ def broker_stall(
         events = serve.events()
         rejoined = sum(1 for e in events if e.get("event") == "assigned")
         commit_failures = sum(1 for e in events if e.get("event") == "commit_failed")
+        timeouts = sum(1 for e in events if "timed out" in str(e.get("message", "")).lower())
         ok = bool(alive_in_stall and caught_up and status == 0 and books.complete)
         ok = ok and kept and committed_delivered
         return Outcome(
             scenario="network stall (broker SIGSTOP)",
             runs=1,
-            faults=f"broker SIGSTOP {stall_s:.0f} s (> 4 s session timeout) under "
-            f"{rate:.0f} records/s, then SIGCONT",
+            faults=f"broker SIGSTOP {stall_s:.0f} s (> 4 s session, "
+            f"{request_timeout_ms / 1000:.0f} s request timeouts) under {rate:.0f} records/s, "
+            "then SIGCONT",
             records_in=books.records_in,
             accounted=books.accounted,
             duplicates=books.duplicates,
@@ -641,6 +657,7 @@ def broker_stall(
                 "committed_records_delivered": committed_delivered,
                 "assignments_seen": rejoined,
                 "commit_failures_logged": commit_failures,
+                "request_timeouts_logged": timeouts,
                 "alive_during_stall": alive_in_stall,
                 "exit_status": status,
                 "accounting": _books(books),

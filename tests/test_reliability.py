@@ -6,7 +6,7 @@ message; an alert as well when over the threshold) or dead-lettered, never both,
 missing. The scenarios live in tests/reliability_scenarios.py, shared with
 bench/reliability.py, which runs them at full size for docs/reliability.md.
 
-The default run (CI) uses small, bounded sizes: about 3 minutes in all on a 2-core machine.
+The default run (CI) uses small, bounded sizes: under 4 minutes in all on a 2-core machine.
 The long versions (21 SIGKILL crashes, a 1M-record soak, a longer stall and pause) are
 marked ``slow`` and only run with ``ANOMALY_RELIABILITY_LONG=1``::
 
