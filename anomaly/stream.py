@@ -145,6 +145,7 @@ class StreamService:
         self._delivery_failures = 0
         self._assigned: list[TopicPartition] = []
         self._in_checkpoint = False
+        self._loop_thread = threading.current_thread()
         self._consumed = self.metrics.consumed.labels(topic=config.input_topic)
         self.records_consumed = 0
 
@@ -165,6 +166,7 @@ class StreamService:
 
     def run(self) -> int:
         """Serve until stopped; 0 after a clean drain, 1 when undelivered work was left."""
+        self._loop_thread = threading.current_thread()
         self._connect()
         self._publish_threshold()
         log.info(
@@ -418,8 +420,13 @@ class StreamService:
                 for (topic, partition), offset in self._next_offsets.items()
             }
             try:
-                if offsets:
+                if offsets and threading.current_thread() is self._loop_thread:
                     self._consumer.commit(offsets)
+                elif offsets:
+                    # kafka-python >= 3 calls rebalance listeners on its IO thread, where a
+                    # blocking commit raises RuntimeError (and the member dies). Send it without
+                    # waiting: if it fails, the partitions' next owner re-reads these records.
+                    self._consumer.commit_async(offsets, callback=_log_async_commit)
             except KafkaError as exc:
                 # Typically a rebalance took the partitions away: the new owner re-reads them.
                 log.warning(
@@ -554,6 +561,14 @@ class StreamService:
                 log.warning("consumer close failed", extra={"event": "close", "error": repr(exc)})
         if self._producer is not None:
             self._producer.close(timeout=self.config.delivery_timeout_s if clean else 0)
+
+
+def _log_async_commit(offsets: Any, result: Any) -> None:
+    if isinstance(result, BaseException):
+        log.warning(
+            "commit on revocation failed; the new owner re-reads those records",
+            extra={"event": "commit_failed", "error": repr(result)},
+        )
 
 
 def _source(record: Any) -> Source:

@@ -783,6 +783,73 @@ def crash_runs(
         broker.stop()
 
 
+def rebalance_under_load(
+    bundle: Path, workdir: Path, rate: float = 3000.0, after_s: float = 5.0
+) -> Outcome:
+    """A second member joins while the first is busy (records handled, not yet committed):
+    both must survive the rebalance (no exit, no listener error), split the partitions and,
+    between them, account for every record."""
+    began = time.monotonic()
+    broker = LocalBroker(log_path=workdir / "tansu-rebalance.log").start()
+    members: list[Serve] = []
+    feeder = None
+    try:
+        topics = new_topics(broker.bootstrap, 4, "rebalance")
+        feeder = Feeder(broker.bootstrap, topics["input_topic"], rate, seed=8)
+        extra = ("--max-batch", "100", "--commit-interval-ms", "3000")
+        first = Serve(broker.bootstrap, bundle, topics, workdir / "rebalance-a.log", *extra)
+        members.append(first)
+        if not wait_until(lambda: first.consumed() >= 2 * rate, 120, 0.1):
+            raise AssertionError("serve never got going:\n" + first.log())
+        second = Serve(broker.bootstrap, bundle, topics, workdir / "rebalance-b.log", *extra)
+        members.append(second)
+
+        def split() -> bool:
+            held = [m.metrics().get("anomaly_assigned_partitions{}", 0) for m in members]
+            return all(m.alive for m in members) and min(held) >= 1 and sum(held) == 4
+
+        was_split = wait_until(split, 90, 0.3)
+        time.sleep(after_s)
+        alive = [m.alive for m in members]
+        total = feeder.stop()
+        ends = input_ends(broker.bootstrap, topics["input_topic"], total)
+        caught_up = wait_until(drained(broker.bootstrap, topics, ends), 120, 0.5)
+        statuses = [m.terminate() if m.alive else m.wait() for m in members]
+        books = account(broker.bootstrap, topics, ends)
+        listener_errors = sum(
+            1
+            for m in members
+            for e in m.events()
+            if "rebalance listener" in str(e.get("message", "")).lower()
+        )
+        ok = bool(was_split and all(alive) and caught_up and books.complete)
+        ok = ok and statuses == [0, 0] and listener_errors == 0
+        return Outcome(
+            scenario="rebalance under load",
+            runs=1,
+            faults=f"a second member joins while the first is busy ({rate:.0f} records/s)",
+            records_in=books.records_in,
+            accounted=books.accounted,
+            duplicates=books.duplicates,
+            max_rss_mb=max(m.max_rss for m in members),
+            seconds=time.monotonic() - began,
+            ok=ok,
+            details={
+                "split": bool(was_split),
+                "alive_after_rebalance": alive,
+                "exit_statuses": statuses,
+                "listener_errors_logged": listener_errors,
+                "accounting": _books(books),
+            },
+        )
+    finally:
+        if feeder is not None:
+            feeder.stop(10)
+        for serve in members:
+            serve.stop()
+        broker.stop()
+
+
 def _consuming(serve: Serve) -> bool:
     """Whether the consumed counter moves over 50 ms."""
     before = serve.consumed()
@@ -1022,6 +1089,7 @@ SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "restart": broker_restart,
     "stall": broker_stall,
     "crash": crash_runs,
+    "rebalance": rebalance_under_load,
     "backpressure": back_pressure,
     "soak": soak,
 }

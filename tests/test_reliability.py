@@ -26,6 +26,7 @@ from tests.reliability_scenarios import (
     broker_restart,
     broker_stall,
     crash_runs,
+    rebalance_under_load,
     soak,
 )
 
@@ -74,6 +75,15 @@ def test_sigkill_at_random_moments_loses_nothing(tiny_bundle, tmp_path):
     assert_books(outcome)
     assert d["max_duplicates_per_crash"] <= d["in_flight_bound"], explain(outcome)
     assert d["duplicates_without_crash"] == 0, explain(outcome)
+
+
+def test_a_member_joining_while_another_is_busy_kills_neither(tiny_bundle, tmp_path):
+    outcome = rebalance_under_load(tiny_bundle, tmp_path, rate=3000.0)
+    d = outcome.details
+    assert d["split"] and d["alive_after_rebalance"] == [True, True], explain(outcome)
+    assert d["listener_errors_logged"] == 0, explain(outcome)
+    assert d["exit_statuses"] == [0, 0], explain(outcome)
+    assert_books(outcome)
 
 
 def test_blocked_output_broker_applies_back_pressure(tiny_bundle, tmp_path):
