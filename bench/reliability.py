@@ -32,13 +32,14 @@ from tests.reliability_scenarios import (  # noqa: E402
     broker_restart,
     broker_stall,
     crash_runs,
+    rebalance_under_load,
     soak,
     train_tiny_bundle,
 )
 
 RESULTS = ROOT / "bench" / "out" / "reliability.json"
 DOC = ROOT / "docs" / "reliability.md"
-ORDER = ("restart", "restart-plain", "stall", "crash", "backpressure", "soak")
+ORDER = ("restart", "restart-plain", "stall", "crash", "rebalance", "backpressure", "soak")
 
 
 def run(names: list[str], args: argparse.Namespace, workdir: Path) -> dict[str, Outcome]:
@@ -48,6 +49,7 @@ def run(names: list[str], args: argparse.Namespace, workdir: Path) -> dict[str, 
         "restart-plain": lambda: broker_restart(bundle, workdir, args.restart_records, 6.0, False),
         "stall": lambda: broker_stall(bundle, workdir, args.stall_rate, args.stall_seconds),
         "crash": lambda: crash_runs(bundle, workdir, args.crashes, args.crash_rate, args.seed),
+        "rebalance": lambda: rebalance_under_load(bundle, workdir, args.rebalance_rate),
         "backpressure": lambda: back_pressure(
             bundle, workdir, args.backpressure_records, args.pause_seconds
         ),
@@ -98,6 +100,11 @@ def _notes(name: str, row: dict) -> str:
         return (
             f"duplicates per crash max {d['max_duplicates_per_crash']} "
             f"(bound {d['in_flight_bound']}), without a crash {d['duplicates_without_crash']}"
+        )
+    if name == "rebalance":
+        return (
+            f"both members alive after the join: {all(d['alive_after_rebalance'])}, "
+            f"listener errors {d['listener_errors_logged']}"
         )
     if name == "backpressure":
         return (
@@ -172,6 +179,7 @@ def main() -> int:
     parser.add_argument("--crashes", type=int, default=21)
     parser.add_argument("--crash-rate", type=float, default=1500.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rebalance-rate", type=float, default=3000.0)
     parser.add_argument("--backpressure-records", type=int, default=100_000)
     parser.add_argument("--pause-seconds", type=float, default=15.0)
     parser.add_argument("--soak-records", type=int, default=1_000_000)

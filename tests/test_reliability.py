@@ -50,7 +50,7 @@ def assert_books(outcome: Outcome) -> None:
 
 
 def test_broker_restart_mid_stream_is_survived_without_a_crash_loop(tiny_bundle, tmp_path):
-    outcome = broker_restart(tiny_bundle, tmp_path, records=5000, downtime_s=6.0)
+    outcome = broker_restart(tiny_bundle, tmp_path, records=3000, downtime_s=5.0)
     d = outcome.details
     assert d["alive_while_broker_down"], explain(outcome)
     assert len(d["service_exits"]) <= 1, explain(outcome)  # more is a crash loop
@@ -60,7 +60,7 @@ def test_broker_restart_mid_stream_is_survived_without_a_crash_loop(tiny_bundle,
 
 
 def test_broker_stall_longer_than_the_session_timeout(tiny_bundle, tmp_path):
-    outcome = broker_stall(tiny_bundle, tmp_path, rate=2000.0, stall_s=8.0)
+    outcome = broker_stall(tiny_bundle, tmp_path, rate=2000.0, stall_s=6.0, after_s=2.0)
     d = outcome.details
     assert d["alive_during_stall"] and d["exit_status"] == 0, explain(outcome)
     assert d["committed_kept"] and d["committed_records_delivered"], explain(outcome)
@@ -78,7 +78,7 @@ def test_sigkill_at_random_moments_loses_nothing(tiny_bundle, tmp_path):
 
 
 def test_a_member_joining_while_another_is_busy_kills_neither(tiny_bundle, tmp_path):
-    outcome = rebalance_under_load(tiny_bundle, tmp_path, rate=3000.0)
+    outcome = rebalance_under_load(tiny_bundle, tmp_path, rate=3000.0, after_s=2.0)
     d = outcome.details
     assert d["split"] and d["alive_after_rebalance"] == [True, True], explain(outcome)
     assert d["listener_errors_logged"] == 0, explain(outcome)
@@ -87,7 +87,7 @@ def test_a_member_joining_while_another_is_busy_kills_neither(tiny_bundle, tmp_p
 
 
 def test_blocked_output_broker_applies_back_pressure(tiny_bundle, tmp_path):
-    outcome = back_pressure(tiny_bundle, tmp_path, records=40_000, pause_s=8.0)
+    outcome = back_pressure(tiny_bundle, tmp_path, records=20_000, pause_s=6.0)
     d = outcome.details
     assert d["polling_stopped"] and d["backpressure_logged"], explain(outcome)
     assert 0 <= d["uncommitted_at_resume"] <= d["in_flight_bound"], explain(outcome)
