@@ -119,6 +119,35 @@ def _notes(name: str, row: dict) -> str:
     return ""
 
 
+FINDINGS = """## What these runs found
+
+- **Fixed: a busy member died when another joined the group.** kafka-python 3 calls sync
+  rebalance listeners on its IO thread, where the revocation checkpoint's blocking
+  `commit()` raised `RuntimeError`; `poll()` then raised and `serve` exited (and, with the
+  dead member never rejoining, the newcomer waited without partitions). Only a member with
+  handled-but-uncommitted records was affected, so idle two-member tests passed. The
+  checkpoint now commits asynchronously from that thread (row *rebalance under load*; the
+  21-crash row was run after the fix).
+- **Fixed: hostile image files** (IDX headers claiming huge or empty frames, corrupt gzip
+  streams, NPZ members with unknown compression or the encryption flag) raised
+  `MemoryError` / `OverflowError` / `zlib.error` / `RuntimeError` instead of a classified
+  `ImageReadError` (found by the hypothesis fuzzing in `tests/test_hostile.py`).
+- **Known: one exit after a broker that forgets producer ids.** kafka-python's producer is
+  idempotent by default; after the memory-only broker restarts, its producer id is unknown
+  and Tansu answers the re-initialisation with an error that kafka-python treats as fatal.
+  Every later send fails, five checkpoints in a row fail, and `serve` exits (status 2, one
+  line naming the error); restarted, it recovers at once: one exit, not a crash loop (row
+  *broker restart (idempotent producer)*). With `ANOMALY_PRODUCER__ENABLE_IDEMPOTENCE=false`
+  the same process rides through the restart (row *plain producer*). Apache Kafka answers
+  that request with a new producer id, so this is a Tansu trait, but the service does not
+  rebuild a producer that went fatal.
+- **Known: Tansu does not evict a member that was frozen past its session timeout.** In the
+  stall row the clients' request timeouts fire and they reconnect, but no rebalance follows;
+  the re-join path is exercised by the broker restart (coordinator lost, member id unknown)
+  and by the crash and rebalance rows.
+"""
+
+
 def write_doc(rows: dict[str, dict]) -> None:
     lines = [
         "# Reliability: faults, load and the books",
@@ -152,15 +181,15 @@ def write_doc(rows: dict[str, dict]) -> None:
             f"| {r['accounted']:,} | {r['duplicates']:,} | {r['max_rss_mb']:.0f} "
             f"| {'yes' if r['ok'] else '**no**'} | {_notes(name, r)} |"
         )
-    lines += ["", "## Commands", ""]
+    lines += ["", FINDINGS, "## Commands", ""]
     for name in ORDER:
         if name in rows:
             r = rows[name]
             lines.append(f"- {r['scenario']} ({r['when']}, {r['seconds']:.0f} s): `{r['command']}`")
     lines += [
         "",
-        f"Machine: {platform.machine()}, {platform.python_version()}, shared 2-core VM; the",
-        "broker, the load generator and serve share those cores.",
+        f"Machine: {platform.machine()}, Python {platform.python_version()}, a shared 2-core VM;",
+        "the broker, the load generator and serve share those cores.",
         "",
         "Full details of each run (kill kinds, duplicates per crash, RSS samples, committed",
         "offsets around the stall, consumption while the output broker was paused) are in",
