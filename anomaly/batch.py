@@ -69,3 +69,32 @@ def write_rows(rows: list[dict[str, Any]], out: str | Path) -> Path:
             record["top_features"] = ";".join(f"{n}:{c:.4g}" for n, c in row["top_features"])
             writer.writerow(record)
     return out
+
+
+def image_scores(
+    bundle: Bundle, source: str | Path, batch_size: int = 256
+) -> tuple[np.ndarray, str]:
+    """Scores of every image under ``source``, one batch in memory at a time, and a
+    fingerprint of the preprocessed pixels (for the threshold history).
+
+    Thresholds are fitted on data an operator vouches for, so an unreadable file stops the
+    fit with its reason instead of being skipped.
+    """
+    import hashlib
+
+    from anomaly.imaging import discover_files, iter_batches
+    from anomaly.report import bundle_image_options
+
+    files = discover_files(source)
+    if not files:
+        raise AnomalyError(f"{source}: no PNG/JPEG/TIFF/DICOM/IDX/NPZ files found")
+    digest = hashlib.sha256()
+    scores = []
+    for batch in iter_batches(files, bundle_image_options(bundle), batch_size):
+        if batch.errors:
+            raise batch.errors[0]
+        if batch.metas:
+            digest.update(np.ascontiguousarray(batch.images).tobytes())
+            scores.append(bundle.score(batch.images).score)
+    values = np.concatenate(scores)
+    return values, f"sha256:{digest.hexdigest()[:16]}:n={len(values)}"

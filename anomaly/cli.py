@@ -250,15 +250,26 @@ def threshold(
     label_column: str,
     dry_run: bool,
 ) -> None:
-    """Refit the alert threshold of a bundle without retraining."""
+    """Refit the alert threshold of a bundle without retraining.
+
+    DATA is a CSV / JSONL / NPZ file for tabular bundles, or a folder / IDX / NPZ of normal
+    images for image bundles (quantile and POT only: images carry no labels here).
+    """
     from anomaly.bundle import fingerprint
     from anomaly.thresholds import fit_threshold
 
     bundle = _load_bundle(bundle_dir)
-    label = None if label_column.lower() == "none" else label_column
-    table = _read_for_bundle(bundle, data, label, "auto")
-    scores = bundle.score(table.X).score
-    fit = fit_threshold(method, scores, table.labels, target_fpr, at_recall, initial_quantile)
+    if bundle.schema.kind == "image":
+        from anomaly.batch import image_scores
+
+        scores, data_fingerprint = image_scores(bundle, data)
+        labels = None
+    else:
+        label = None if label_column.lower() == "none" else label_column
+        table = _read_for_bundle(bundle, data, label, "auto")
+        scores, labels = bundle.score(table.X).score, table.labels
+        data_fingerprint = fingerprint(table.X)
+    fit = fit_threshold(method, scores, labels, target_fpr, at_recall, initial_quantile)
     implied = ", ".join(
         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in fit.implied.items()
     )
@@ -269,7 +280,7 @@ def threshold(
     if dry_run:
         click.echo("dry run: bundle unchanged")
         return
-    entry = bundle.append_threshold(fit.to_entry(fingerprint(table.X)))
+    entry = bundle.append_threshold(fit.to_entry(data_fingerprint))
     click.echo(f"threshold version {entry['version']} written to {bundle.manifest_path}")
 
 

@@ -171,3 +171,40 @@ def test_unreadable_file_and_bundle(trained, tmp_path):
     assert run("score", "--bundle", trained, binary, "--out", tmp_path / "o.csv").exit_code == 2
     result = run("info", "--bundle", tmp_path)
     assert result.exit_code == 2 and "not a model bundle" in result.output
+
+
+def test_threshold_refit_for_an_image_bundle(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "normal"
+    folder.mkdir()
+    for i in range(120):
+        pixels = (rng.uniform(0, 0.3, size=(16, 16)) * 255).astype("uint8")
+        Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
+    bundle = tmp_path / "img-bundle"
+    trained = run(
+        "train",
+        folder,
+        "--images",
+        "--out",
+        bundle,
+        "--epochs",
+        "1",
+        "--filters",
+        "8",
+        "--latent-dim",
+        "8",
+        "--quiet",
+    )
+    assert trained.exit_code == 0, trained.output
+    refit = run("threshold", "--bundle", bundle, folder, "--target-fpr", "0.05")
+    assert refit.exit_code == 0, refit.output
+    history = json.loads((bundle / "manifest.json").read_text())["thresholds"]
+    assert len(history) == 2 and history[-1]["data_fingerprint"].endswith(":n=120")
+    assert history[-1]["implied"]["fpr"] <= 0.05
+    labelled = run("threshold", "--bundle", bundle, folder, "--method", "f1")
+    assert labelled.exit_code == 2 and "needs labelled data" in labelled.output
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    broken = run("threshold", "--bundle", bundle, folder)
+    assert broken.exit_code == 2 and "broken.png" in broken.output
