@@ -132,6 +132,7 @@ class StreamService:
         )
         self._consumer = consumer
         self._producer = producer
+        self._owns_producer = producer is None
         self._stop = threading.Event()
         self._pending: list[Any] = []
         self._pending_since = 0.0
@@ -470,10 +471,30 @@ class StreamService:
                 self._positions[(topic, partition)] = offset
         self._pending = []
         self._forget()
+        if self._owns_producer:
+            self._replace_producer()
         if self._delivery_failures >= MAX_DELIVERY_FAILURES:
             raise DeliveryError(
                 f"{self._delivery_failures} checkpoints in a row failed to deliver: {error!r}"
             )
+
+    def _replace_producer(self) -> None:
+        """Start over with a fresh producer after a failed checkpoint.
+
+        A failed send can leave kafka-python's producer unusable for good: an idempotent
+        producer whose id the broker no longer knows (after a broker restart) fails every
+        later send. The records are re-read from the last checkpoint anyway, so a new
+        producer loses nothing and gets a new id.
+        """
+        failed = self._producer
+        self._producer = KafkaProducer(**self.config.producer_settings())
+        log.warning(
+            "producer replaced after a failed checkpoint", extra={"event": "producer_reset"}
+        )
+        try:
+            failed.close(timeout=0)
+        except KafkaError as exc:
+            log.warning("closing the failed producer: %r", exc, extra={"event": "producer_reset"})
 
     # --- rebalance, threshold, lag -------------------------------------------------------------
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:

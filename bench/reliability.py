@@ -132,15 +132,15 @@ FINDINGS = """## What these runs found
   streams, NPZ members with unknown compression or the encryption flag) raised
   `MemoryError` / `OverflowError` / `zlib.error` / `RuntimeError` instead of a classified
   `ImageReadError` (found by the hypothesis fuzzing in `tests/test_hostile.py`).
-- **Known: one exit after a broker that forgets producer ids.** kafka-python's producer is
-  idempotent by default; after the memory-only broker restarts, its producer id is unknown
-  and Tansu answers the re-initialisation with an error that kafka-python treats as fatal.
-  Every later send fails, five checkpoints in a row fail, and `serve` exits (status 2, one
-  line naming the error); restarted, it recovers at once: one exit, not a crash loop (row
-  *broker restart (idempotent producer)*). With `ANOMALY_PRODUCER__ENABLE_IDEMPOTENCE=false`
-  the same process rides through the restart (row *plain producer*). Apache Kafka answers
-  that request with a new producer id, so this is a Tansu trait, but the service does not
-  rebuild a producer that went fatal.
+- **Fixed: a broker that forgets producer ids no longer stops the service.** kafka-python's
+  producer is idempotent by default; after the memory-only broker restarts, its producer id
+  is unknown and Tansu answers the re-initialisation with an error that kafka-python treats
+  as fatal, so every later send failed and `serve` exited after five failed checkpoints
+  (one exit per restart, recovered by the supervisor). `serve` now replaces its producer
+  after a failed checkpoint and re-reads from the last commit: the same process rides
+  through the restart (0 exits in both restart rows). The price is at-least-once replay of
+  the records handled since the last commit at each failed checkpoint, visible as the
+  duplicates of the idempotent row.
 - **Known: Tansu does not evict a member that was frozen past its session timeout.** In the
   stall row the clients' request timeouts fire and they reconnect, but no rebalance follows;
   the re-join path is exercised by the broker restart (coordinator lost, member id unknown)
