@@ -19,6 +19,7 @@ from keras import ops
 
 from detectors import networks
 from detectors.base import GANDetector, ScoreComponents, ScoreNormaliser, iter_chunks, pad_to_bucket
+from detectors.losses import bce_with_logits, call_frozen, per_sample_mean
 from detectors.training import (
     StabilityMonitor,
     early_stopping,
@@ -26,15 +27,6 @@ from detectors.training import (
     set_mixed_precision,
     validation_split,
 )
-
-
-def _bce_logits(target: float, logits: Any) -> Any:
-    labels = ops.full_like(logits, target)
-    return ops.mean(ops.binary_crossentropy(labels, logits, from_logits=True))
-
-
-def _per_sample_mean(x: Any) -> Any:
-    return ops.mean(x, axis=tuple(range(1, len(x.shape))))
 
 
 class AnoGANNet(keras.Model):
@@ -72,15 +64,13 @@ class AnoGANNet(keras.Model):
         fake = self.generator(z, training=training)
         disc = self.discriminator
         logit_fake, _ = disc(ops.stop_gradient(fake), training=training)
-        d_loss = 0.5 * (_bce_logits(1.0, logit_real) + _bce_logits(0.0, logit_fake))
+        d_loss = 0.5 * (bce_with_logits(1.0, logit_real) + bce_with_logits(0.0, logit_fake))
 
-        frozen = [ops.stop_gradient(v) for v in disc.trainable_variables]
-        state = [v.value for v in disc.non_trainable_variables]
-        (logit_g, feat_g), _ = disc.stateless_call(frozen, state, fake, training=training)
+        logit_g, feat_g = call_frozen(disc, fake, training)
         matching = ops.mean(
             ops.square(ops.mean(ops.stop_gradient(feat_real), axis=0) - ops.mean(feat_g, axis=0))
         )
-        g_loss = _bce_logits(1.0, logit_g) + matching
+        g_loss = bce_with_logits(1.0, logit_g) + matching
         self.g_tracker.update_state(g_loss)
         self.d_tracker.update_state(d_loss)
         return g_loss + d_loss
@@ -163,8 +153,8 @@ class LatentSearch(keras.Model):
         x = ops.cast(x, "float32")
         _, feat_real = self.discriminator(x, training=False)
         _, feat_fake = self.discriminator(y_pred, training=False)
-        residual = _per_sample_mean(ops.abs(x - y_pred))
-        disc = _per_sample_mean(ops.abs(feat_real - feat_fake))
+        residual = per_sample_mean(ops.abs(x - y_pred))
+        disc = per_sample_mean(ops.abs(feat_real - feat_fake))
         return ops.mean((1.0 - self.lam) * residual + self.lam * disc)
 
 
@@ -306,15 +296,12 @@ class AnoGAN(GANDetector):
         fixed_z = np.random.default_rng(self.seed).normal(size=(min(512, len(val_model)), latent))
         fixed_z = fixed_z.astype("float32")
 
-        def reinit() -> None:
-            fresh = self._build_discriminator()
-            for var, value in zip(s["discriminator"].weights, fresh.weights, strict=True):
-                var.assign(value)
-
         monitor = StabilityMonitor(
             sample=val_model[: len(fixed_z)],
             generate=lambda _: s["generator"].predict_on_batch(fixed_z),
-            reinit_discriminator=reinit,
+            reinit_discriminator=lambda: networks.reinitialise(
+                s["discriminator"], self._build_discriminator
+            ),
             d_collapse_threshold=self.d_collapse_threshold,
         )
         gan.fit(
@@ -360,7 +347,7 @@ class AnoGAN(GANDetector):
             x_hat = s["generator"](z_in)
             _, feat_real = s["discriminator"](x_in)
             _, feat_fake = s["discriminator"](x_hat)
-            disc = _per_sample_mean(ops.abs(feat_real - feat_fake))
+            disc = per_sample_mean(ops.abs(feat_real - feat_fake))
             self._residual_model = keras.Model([x_in, z_in], [x_hat, disc], name="anogan_scorer")
         return self._residual_model
 

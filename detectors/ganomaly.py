@@ -18,6 +18,7 @@ from keras import ops
 
 from detectors import networks
 from detectors.base import GANDetector, ScoreComponents, pad_to_bucket
+from detectors.losses import bce_with_logits, call_frozen, per_sample_mean
 from detectors.training import (
     StabilityMonitor,
     early_stopping,
@@ -25,15 +26,6 @@ from detectors.training import (
     set_mixed_precision,
     validation_split,
 )
-
-
-def _bce_logits(target: float, logits: Any) -> Any:
-    labels = ops.full_like(logits, target)
-    return ops.mean(ops.binary_crossentropy(labels, logits, from_logits=True))
-
-
-def _per_sample_mean(x: Any) -> Any:
-    return ops.mean(x, axis=tuple(range(1, len(x.shape))))
 
 
 class GANomalyNet(keras.Model):
@@ -78,10 +70,8 @@ class GANomalyNet(keras.Model):
         x_hat, z, z_hat = y_pred
         x = ops.cast(x, "float32")
         disc = self.discriminator
-        frozen = [ops.stop_gradient(v) for v in disc.trainable_variables]
-        state = [v.value for v in disc.non_trainable_variables]
-        (_, feat_real), _ = disc.stateless_call(frozen, state, x, training=training)
-        (_, feat_fake), _ = disc.stateless_call(frozen, state, x_hat, training=training)
+        _, feat_real = call_frozen(disc, x, training)
+        _, feat_fake = call_frozen(disc, x_hat, training)
         adv = ops.mean(ops.square(ops.stop_gradient(feat_real) - feat_fake))
         con = ops.mean(ops.abs(x - x_hat))
         enc = ops.mean(ops.square(z - z_hat))
@@ -89,7 +79,7 @@ class GANomalyNet(keras.Model):
 
         logit_real, _ = disc(x, training=training)
         logit_fake, _ = disc(ops.stop_gradient(x_hat), training=training)
-        d_loss = 0.5 * (_bce_logits(1.0, logit_real) + _bce_logits(0.0, logit_fake))
+        d_loss = 0.5 * (bce_with_logits(1.0, logit_real) + bce_with_logits(0.0, logit_fake))
 
         for tracker, value in (
             (self.g_tracker, g_loss),
@@ -103,9 +93,7 @@ class GANomalyNet(keras.Model):
 
     def reinitialise_discriminator(self) -> None:
         """Fresh random discriminator weights (the reference's answer to D collapse)."""
-        fresh = self.build_discriminator()
-        for var, value in zip(self.discriminator.weights, fresh.weights, strict=True):
-            var.assign(value)
+        networks.reinitialise(self.discriminator, self.build_discriminator)
 
 
 class GANomaly(GANDetector):
@@ -278,7 +266,7 @@ class GANomaly(GANDetector):
             _, feat_real = s["discriminator"](inputs)
             _, feat_fake = s["discriminator"](x_hat)
             latent = ops.mean(ops.square(z - z_hat), axis=-1)
-            disc = _per_sample_mean(ops.square(feat_real - feat_fake))
+            disc = per_sample_mean(ops.square(feat_real - feat_fake))
             self._scorer = keras.Model(inputs, [x_hat, latent, disc], name="ganomaly_scorer")
         return self._scorer
 

@@ -7,6 +7,7 @@ side is a power of two >= 16 (the detectors pad other sizes up to one).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import keras
 from keras import layers
@@ -122,3 +123,10 @@ def conv_discriminator(
 def padded_side(height: int, width: int) -> int:
     """The power-of-two square side (>= 16) an image of this size is padded to."""
     return max(16, 1 << (max(height, width) - 1).bit_length())
+
+
+def reinitialise(model: keras.Model, build: Callable[[], keras.Model]) -> None:
+    """Give ``model`` the fresh random weights of a newly built twin (same architecture)."""
+    fresh = build()
+    for var, value in zip(model.weights, fresh.weights, strict=True):
+        var.assign(value)
