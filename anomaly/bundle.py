@@ -263,10 +263,7 @@ class Bundle:
                 + (["latent"] if detector.name == "ganomaly" else []),
                 "weights": detector.normaliser_.weights,
                 "normalisation": detector.normaliser_.to_dict(),
-                "formula": (
-                    "sum_i w_i * (c_i - centre_i) / scale_i / sum_i w_i, "
-                    "centre/scale fitted on the normal validation split"
-                ),
+                "formula": detector.score_formula,
             },
             "runtime": _runtime(),
             "training": training,

@@ -35,6 +35,8 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
     score = manifest.get("score", {})
     weights = ", ".join(f"{k}={v}" for k, v in score.get("weights", {}).items())
     lines.append(f"score        weights {weights}")
+    if score.get("formula"):
+        lines.append(f"             {score['formula']}")
     training = manifest.get("training", {})
     lines.append(
         f"training     {training.get('n_train')} train / {training.get('n_validation')} "

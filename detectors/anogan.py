@@ -167,6 +167,7 @@ class AnoGAN(GANDetector):
 
     name = "anogan"
     subnet_names = ("generator", "discriminator", "encoder")
+    score_formula = "(1 - lambda) * reconstruction + lambda * discriminator (Schlegl et al. 2017)"
 
     def __init__(
         self,

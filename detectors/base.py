@@ -139,6 +139,7 @@ class Detector:
 
     name = "detector"
     config_file = "detector.json"
+    score_formula = ""
 
     def __init__(self) -> None:
         self.threshold_: float | None = None

@@ -107,6 +107,10 @@ class GANomaly(GANDetector):
 
     name = "ganomaly"
     subnet_names = ("encoder", "decoder", "encoder2", "discriminator")
+    score_formula = (
+        "sum_i w_i * (c_i - median_i) / IQR_i / sum_i w_i over reconstruction, latent and "
+        "discriminator; median and IQR fitted on the normal validation split"
+    )
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ def test_manifest_describes_the_model(tiny_bundle):
     assert len(m["preprocessing"]["centre"]) == 5
     assert m["runtime"]["keras_backend"] in ("tensorflow", "jax", "torch")
     assert set(m["score"]["weights"]) == {"reconstruction", "latent", "discriminator"}
+    assert "normal validation split" in m["score"]["formula"]
     assert all(len(v) == 64 for v in m["files"].values())
     (entry,) = m["thresholds"]
     assert entry["method"] == "quantile" and entry["params"]["target_fpr"] == 0.05
