@@ -284,14 +284,22 @@ def _read_dicom(
 
     try:
         ds = pydicom.dcmread(path)
+        has_pixels = any(
+            tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+        )
+        allocated = int(getattr(ds, "BitsAllocated", 0) or 0)
+        stored = int(getattr(ds, "BitsStored", allocated) or allocated)
     except InvalidDicomError as exc:
         raise ImageReadError(path, "unreadable", f"not a DICOM file ({exc})") from exc
     except (OSError, EOFError, ValueError, struct.error) as exc:
         raise ImageReadError(path, "truncated", f"DICOM header cannot be parsed: {exc}") from exc
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    except Exception as exc:  # noqa: BLE001
+        # pydicom parses elements lazily and raises its own assortment of exception classes
+        # (unknown VR, byte-length mismatches, ...) for mangled headers: this block only
+        # parses untrusted bytes, so any failure here is an unreadable file, not a bug.
+        raise ImageReadError(path, "unreadable", f"DICOM header is malformed: {exc}") from exc
+    if not has_pixels:
         raise ImageReadError(path, "no_pixel_data", "DICOM file has no Pixel Data element")
-    allocated = int(getattr(ds, "BitsAllocated", 0) or 0)
-    stored = int(getattr(ds, "BitsStored", allocated) or allocated)
     if allocated not in (1, 8, 16, 32, 64) or not 1 <= stored <= allocated:
         raise ImageReadError(
             path, "bit_depth", f"BitsAllocated={allocated}, BitsStored={stored} is not valid"

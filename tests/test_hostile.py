@@ -164,6 +164,9 @@ def _gzip_corrupted() -> bytes:
         ("bad-idx3-ubyte.gz", _gzip_corrupted()),
         ("encrypted.npz", _npz_central_directory_patched(8, 1)),
         ("method99.npz", _npz_central_directory_patched(10, 99)),
+        # DICOM meta headers that pydicom only rejects when the element is first read
+        ("unknown-vr.dcm", b"\x00" * 128 + b"DICM\x02\x00\x00\x00AL\x04\x00\x00\x00\x00\x00"),
+        ("short-ul.dcm", b"\x00" * 128 + b"DICM\x02\x00\x00\x00UL\x04\x00\xce"),
         (
             "huge.png",
             b"\x89PNG\r\n\x1a\n"
