@@ -319,8 +319,11 @@ def _read_dicom(
         raise ImageReadError(path, "corrupt_pixel_data", str(exc)) from exc
     except (ValueError, EOFError, struct.error, AttributeError) as exc:
         raise ImageReadError(path, "corrupt_pixel_data", str(exc)) from exc
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    try:
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ImageReadError(path, "unreadable", f"DICOM frame attributes: {exc}") from exc
     if frames == 1:
         pixels = pixels[None]
     if samples == 1:
@@ -334,7 +337,13 @@ def _read_dicom(
     for index in range(pixels.shape[0]):
         frame = pixels[index]
         if samples == 1:
-            unit = dicom_to_unit(frame, ds, window)
+            try:
+                unit = dicom_to_unit(frame, ds, window)
+            except (ValueError, TypeError, OverflowError) as exc:
+                # a mangled rescale or window value (DS strings are free text)
+                raise ImageReadError(
+                    path, "unreadable", f"DICOM rescale/window attributes: {exc}"
+                ) from exc
         elif photometric == "RGB":
             unit = (frame.astype(np.float32) / float(2**stored - 1)).clip(0.0, 1.0)
         else:

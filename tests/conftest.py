@@ -9,8 +9,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from anomaly.broker import LocalBroker
+
+# Property tests draw the same examples on every run unless HYPOTHESIS_PROFILE=explore:
+# CI stays reproducible, and exploring for new failures is a deliberate run whose finds are
+# pinned as explicit regression cases (see tests/test_hostile.py).
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ import json
 import shutil
 import socket
 import struct
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -151,6 +152,18 @@ def _gzip_corrupted() -> bytes:
     return bytes(data)
 
 
+def _dicom_with_mangled_slope() -> bytes:
+    """A valid DICOM whose RescaleSlope (a free-text DS value) holds a NUL byte."""
+    from tests.imaging_fixtures import write_dicom
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.dcm"
+        write_dicom(path, np.full((4, 4), 100), slope=1.5)
+        data = path.read_bytes()
+    assert data.count(b"1.5") == 1
+    return data.replace(b"1.5", b"\x00.5")
+
+
 # What the fuzzer found, pinned: each was an uncaught exception (or an allocation of the size
 # the header claimed) before imaging.py classified it.
 @pytest.mark.parametrize(
@@ -166,6 +179,7 @@ def _gzip_corrupted() -> bytes:
         ("method99.npz", _npz_central_directory_patched(10, 99)),
         # DICOM meta headers that pydicom only rejects when the element is first read
         ("unknown-vr.dcm", b"\x00" * 128 + b"DICM\x02\x00\x00\x00AL\x04\x00\x00\x00\x00\x00"),
+        ("mangled-slope.dcm", _dicom_with_mangled_slope()),
         ("short-ul.dcm", b"\x00" * 128 + b"DICM\x02\x00\x00\x00UL\x04\x00\xce"),
         (
             "huge.png",
