@@ -284,6 +284,7 @@ def _read_dicom(
 
     try:
         ds = pydicom.dcmread(path)
+        ds.walk(lambda *_: None)  # parse every element now, not lazily on first access
         has_pixels = any(
             tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
         )

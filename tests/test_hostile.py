@@ -152,16 +152,16 @@ def _gzip_corrupted() -> bytes:
     return bytes(data)
 
 
-def _dicom_with_mangled_slope() -> bytes:
-    """A valid DICOM whose RescaleSlope (a free-text DS value) holds a NUL byte."""
+def _valid_dicom_bytes(old: bytes, new: bytes) -> bytes:
+    """A small valid DICOM file with one byte string replaced (it must occur exactly once)."""
     from tests.imaging_fixtures import write_dicom
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "x.dcm"
         write_dicom(path, np.full((4, 4), 100), slope=1.5)
         data = path.read_bytes()
-    assert data.count(b"1.5") == 1
-    return data.replace(b"1.5", b"\x00.5")
+    assert data.count(old) == 1
+    return data.replace(old, new)
 
 
 # What the fuzzer found, pinned: each was an uncaught exception (or an allocation of the size
@@ -179,7 +179,9 @@ def _dicom_with_mangled_slope() -> bytes:
         ("method99.npz", _npz_central_directory_patched(10, 99)),
         # DICOM meta headers that pydicom only rejects when the element is first read
         ("unknown-vr.dcm", b"\x00" * 128 + b"DICM\x02\x00\x00\x00AL\x04\x00\x00\x00\x00\x00"),
-        ("mangled-slope.dcm", _dicom_with_mangled_slope()),
+        # RescaleSlope (free-text DS) with a NUL byte; SOPInstanceUID with an unknown VR
+        ("mangled-slope.dcm", _valid_dicom_bytes(b"1.5", b"\x00.5")),
+        ("unknown-vr-late.dcm", _valid_dicom_bytes(b"\x08\x00\x18\x00UI", b"\x08\x00\x18\x00AI")),
         ("short-ul.dcm", b"\x00" * 128 + b"DICM\x02\x00\x00\x00UL\x04\x00\xce"),
         (
             "huge.png",
