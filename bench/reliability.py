@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import train_tiny_bundle  # noqa: E402
 from tests.reliability_scenarios import (  # noqa: E402
     Outcome,
     back_pressure,
@@ -34,7 +35,6 @@ from tests.reliability_scenarios import (  # noqa: E402
     crash_runs,
     rebalance_under_load,
     soak,
-    train_tiny_bundle,
 )
 
 RESULTS = ROOT / "bench" / "out" / "reliability.json"

@@ -58,15 +58,13 @@ def make_tabular_data(n_normal: int = 600, n_anomalies: int = 60, seed: int = 0)
 FEATURES = ["f0", "f1", "f2", "f3", "amount"]
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tabular GANomaly bundle (features f0..f3, amount) trained for a few epochs."""
+def train_tiny_bundle(path: Path) -> Path:
+    """The suite's tiny tabular GANomaly (features f0..f3, amount), trained for 3 epochs."""
     from anomaly.schema import Schema
     from anomaly.training import train_bundle
 
     normal, _ = make_tabular_data()
     normal[:, 4] = abs(normal[:, 4]) * 100
-    path = Path(tmp_path_factory.mktemp("bundles")) / "tiny"
     train_bundle(
         normal,
         path,
@@ -78,3 +76,9 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         name="tiny",
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the ``train_tiny_bundle`` bundle, shared by the whole session."""
+    return train_tiny_bundle(Path(tmp_path_factory.mktemp("bundles")) / "tiny")

@@ -34,7 +34,7 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from anomaly.broker import LocalBroker, create_topic, free_port
-from tests.conftest import FEATURES, make_tabular_data
+from tests.conftest import FEATURES
 from tests.kafka_helpers import committed, metric_sum, scrape, wait_until
 
 Source = tuple[int, int]  # (partition, offset) in the input topic
@@ -51,26 +51,6 @@ POISON_EVERY = 97  # about 1 % poison, of every kind in turn
 
 
 # --- data ------------------------------------------------------------------------------------
-def train_tiny_bundle(path: Path) -> Path:
-    """The test suite's tiny tabular GANomaly recipe (features f0..f3, amount), for the bench."""
-    from anomaly.schema import Schema
-    from anomaly.training import train_bundle
-
-    normal, _ = make_tabular_data()
-    normal[:, 4] = abs(normal[:, 4]) * 100
-    train_bundle(
-        normal,
-        path,
-        Schema.tabular(FEATURES),
-        detector_params={"epochs": 3, "batch_size": 64, "hidden": (16, 8)},
-        log1p_columns=["amount"],
-        target_fpr=0.05,
-        seed=0,
-        name="tiny",
-    )
-    return path
-
-
 def make_records(n: int, seed: int = 0, start: int = 0) -> Iterator[tuple[bytes, bytes | None]]:
     """``n`` (key, value) records: mostly normal rows, 5 % far-off anomalies, ~1 % poison."""
     chunk = 10_000
