@@ -6,6 +6,22 @@ The CLI prints ``str(error)`` as one line and exits non-zero; the stream loop tu
 
 from __future__ import annotations
 
+import zipfile
+import zlib
+
+# What numpy.load and zipfile raise for a corrupt, truncated or exotic .npz file (unknown
+# compression method and encryption raise NotImplementedError / RuntimeError): readers turn
+# these into their own typed, one-line errors.
+NPZ_READ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+)
+
 
 class AnomalyError(Exception):
     """Base class of every user-facing error of this package."""

@@ -30,7 +30,6 @@ import gzip
 import math
 import os
 import struct
-import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from anomaly.errors import InputError
+from anomaly.errors import NPZ_READ_ERRORS, InputError
 
 PIL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -448,9 +447,7 @@ def _read_npz(path: Path) -> Iterator[tuple[ImageMeta, np.ndarray]]:
             arr = data[key]
     except ImageReadError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise ImageReadError(path, "unreadable", f"cannot read NPZ: {exc}") from exc
-    except (NotImplementedError, RuntimeError) as exc:  # zipfile: unknown method, encrypted
+    except NPZ_READ_ERRORS as exc:
         raise ImageReadError(path, "unreadable", f"cannot read NPZ: {exc}") from exc
     _frames_of_array(path, arr.shape)
     for i in range(arr.shape[0]):

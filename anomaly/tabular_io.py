@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.errors import InputError
+from anomaly.errors import NPZ_READ_ERRORS, InputError
 
 LABEL_CANDIDATES = ("Class", "class", "label", "y", "is_anomaly")
 ID_CANDIDATES = ("id", "ID", "record_id")
@@ -179,16 +179,18 @@ def _read_npz(
             if "X" not in data:
                 raise InputError(str(path), "NPZ file must hold an array named 'X'")
             X = np.asarray(data["X"], dtype=np.float64)
+            if X.ndim != 2:
+                raise InputError(
+                    str(path), f"'X' must be 2-D (records x features), got shape {X.shape}"
+                )
             y = data["y"] if "y" in data and label_column is not None else None
             names = (
                 [str(n) for n in data["feature_names"]]
                 if "feature_names" in data
                 else [f"x{i}" for i in range(X.shape[1])]
             )
-    except (OSError, ValueError) as exc:
+    except (*NPZ_READ_ERRORS, TypeError) as exc:  # TypeError: a non-numeric 'X'
         raise InputError(str(path), f"unreadable NPZ file: {exc}") from None
-    if X.ndim != 2:
-        raise InputError(str(path), f"'X' must be 2-D (records x features), got shape {X.shape}")
     selected = _feature_names(names, features, exclude, set(), path)
     X = X[:, [names.index(n) for n in selected]]
     bad = np.argwhere(~np.isfinite(X))

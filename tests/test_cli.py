@@ -208,3 +208,53 @@ def test_threshold_refit_for_an_image_bundle(tmp_path):
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     broken = run("threshold", "--bundle", bundle, folder)
     assert broken.exit_code == 2 and "broken.png" in broken.output
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".npz"])
+def test_any_bytes_in_a_data_file_give_a_table_or_an_input_error(tmp_path, suffix):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from anomaly.errors import InputError
+    from anomaly.tabular_io import read_table
+
+    seeds = {
+        ".csv": b"id,f0,f1,Class\n1,0.5,2,0\n2,1e3,-1,1\n",
+        ".jsonl": b'{"id": 1, "f0": 0.5, "f1": 2}\n{"id": 2, "f0": 1, "f1": -1}\n',
+        ".npz": _npz_bytes(),
+    }
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            st.builds(
+                _mutate, st.just(seeds[suffix]), st.integers(0, 10**6), st.binary(max_size=8)
+            ),
+        )
+    )
+    def check(payload):
+        path = tmp_path / f"data{suffix}"
+        path.write_bytes(payload)
+        try:
+            table = read_table(path)
+        except InputError as error:
+            assert str(error).startswith(str(path))
+            return
+        assert table.X.ndim == 2 and np.isfinite(table.X).all()
+        assert len(table.ids) == len(table.X)
+
+    check()
+
+
+def _npz_bytes() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, X=np.arange(6.0).reshape(3, 2), y=np.array([0, 1, 0]))
+    return buffer.getvalue()
+
+
+def _mutate(seed: bytes, position: int, patch: bytes) -> bytes:
+    at = position % (len(seed) + 1)
+    return seed[:at] + patch + seed[at + len(patch) :]
