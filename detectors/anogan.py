@@ -20,13 +20,7 @@ from keras import ops
 from detectors import networks
 from detectors.base import GANDetector, ScoreComponents, ScoreNormaliser, iter_chunks, pad_to_bucket
 from detectors.losses import bce_with_logits, call_frozen, per_sample_mean
-from detectors.training import (
-    StabilityMonitor,
-    early_stopping,
-    seed_everything,
-    set_mixed_precision,
-    validation_split,
-)
+from detectors.training import StabilityMonitor, early_stopping, set_mixed_precision
 
 
 class AnoGANNet(keras.Model):
@@ -281,13 +275,7 @@ class AnoGAN(GANDetector):
     ) -> AnoGAN:
         """Train the GAN, then the izi_f encoder (early-stopped on normal validation data)."""
         X = np.asarray(X, dtype=np.float32)
-        seed_everything(self.seed)
-        set_mixed_precision(self.mixed_precision)
-        self.input_shape_ = tuple(X.shape[1:])
-        if validation is None:
-            X, validation = validation_split(X, self.validation_fraction, self.seed)
-        validation = self._check_input(validation)
-        X_model, val_model = self._to_model(X), self._to_model(validation)
+        X_model, val_model, validation = self._prepare_fit(X, validation)
         epochs = epochs or self.epochs
         self.subnets_ = s = self._build_subnets()
         latent = self._resolved_latent_dim()

@@ -241,6 +241,9 @@ class GANDetector(Detector):
     filters: int
     hidden: tuple[int, ...]
     latent_dim: int | None
+    seed: int | None
+    mixed_precision: bool
+    validation_fraction: float
 
     def __init__(self) -> None:
         super().__init__()
@@ -281,6 +284,21 @@ class GANDetector(Detector):
         h, w, _ = self.input_shape_
         _, top, left = self._pads()
         return x[:, top : top + h, left : left + w, :]
+
+    def _prepare_fit(
+        self, X: np.ndarray, validation: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Seed, precision policy and input shape for a fit; returns (train, validation) in
+        model space and the checked validation set (a seeded split of X when none is given)."""
+        from detectors.training import seed_everything, set_mixed_precision, validation_split
+
+        seed_everything(self.seed)
+        set_mixed_precision(self.mixed_precision)
+        self.input_shape_ = tuple(X.shape[1:])
+        if validation is None:
+            X, validation = validation_split(X, self.validation_fraction, self.seed)
+        validation = self._check_input(validation)
+        return self._to_model(X), self._to_model(validation), validation
 
     def _resolved_latent_dim(self) -> int:
         if self.latent_dim:

@@ -17,15 +17,9 @@ import numpy as np
 from keras import ops
 
 from detectors import networks
-from detectors.base import GANDetector, ScoreComponents, pad_to_bucket
+from detectors.base import GANDetector, ScoreComponents, iter_chunks, pad_to_bucket
 from detectors.losses import bce_with_logits, call_frozen, per_sample_mean
-from detectors.training import (
-    StabilityMonitor,
-    early_stopping,
-    seed_everything,
-    set_mixed_precision,
-    validation_split,
-)
+from detectors.training import StabilityMonitor, early_stopping, set_mixed_precision
 
 
 class GANomalyNet(keras.Model):
@@ -213,13 +207,7 @@ class GANomaly(GANDetector):
         expect_image = X.ndim == 4
         if self.variant != "auto" and (self.variant == "conv") != expect_image:
             raise ValueError(f"variant {self.variant!r} does not fit input of shape {X.shape}")
-        seed_everything(self.seed)
-        set_mixed_precision(self.mixed_precision)
-        self.input_shape_ = tuple(X.shape[1:])
-        if validation is None:
-            X, validation = validation_split(X, self.validation_fraction, self.seed)
-        validation = self._check_input(validation)
-        X_model, val_model = self._to_model(X), self._to_model(validation)
+        X_model, val_model, validation = self._prepare_fit(X, validation)
 
         self.subnets_ = self._build_subnets()
         net = GANomalyNet(
@@ -249,8 +237,8 @@ class GANomaly(GANDetector):
         self._scorer = None
         latents = np.concatenate(
             [
-                np.asarray(self.subnets_["encoder"].predict_on_batch(X_model[i : i + 4096]))
-                for i in range(0, len(X_model), 4096)
+                np.asarray(self.subnets_["encoder"].predict_on_batch(X_model[c]))
+                for c in iter_chunks(len(X_model))
             ]
         )
         self.latent_mean_ = latents.mean(axis=0)
@@ -294,8 +282,8 @@ class GANomaly(GANDetector):
         rng = np.random.default_rng(seed)
         z = rng.normal(self.latent_mean_, self.latent_std_, size=(n, len(self.latent_mean_)))
         out = [
-            np.asarray(self.subnets_["decoder"].predict_on_batch(z[i : i + 4096].astype("float32")))
-            for i in range(0, n, 4096)
+            np.asarray(self.subnets_["decoder"].predict_on_batch(z[c].astype("float32")))
+            for c in iter_chunks(n)
         ]
         return self._from_model(np.concatenate(out).astype(np.float32))
 
