@@ -324,6 +324,7 @@ class AnoGAN(GANDetector):
         self._residual_model = None
         self._search = None
         self.fit_normaliser(validation)
+        self.fit_threshold(validation)
         return self
 
     # --- scoring ------------------------------------------------------------------------------
@@ -358,8 +359,11 @@ class AnoGAN(GANDetector):
         z_full = np.concatenate([z0, np.repeat(z0[:1], pad, axis=0)]) if pad else z0
         search.z.assign(z_full)
         if search.optimizer.built:
+            # fresh Adam state per batch; the learning rate is an optimizer variable too and
+            # must survive (zeroing it froze every search after the first batch)
             for var in search.optimizer.variables:
-                var.assign(np.zeros(var.shape, dtype=var.dtype))
+                if not var.path.endswith("learning_rate"):
+                    var.assign(np.zeros(var.shape, dtype=var.dtype))
         for _ in range(self.search_steps):
             search.train_on_batch(x_full)
         return np.asarray(ops.convert_to_numpy(search.z.value))[:n]

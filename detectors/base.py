@@ -7,11 +7,14 @@ and returns arrays; it knows nothing of files, Kafka or the CLI.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("detectors")
 
 # Batch sizes the compiled scoring functions are traced for: a micro-batch is padded up to
 # the next one, so a stream of ragged batches costs a handful of compiles, not one per size.
@@ -28,29 +31,36 @@ class ScoreComponents:
     latent: np.ndarray | None
     contributions: np.ndarray
     reconstructed: np.ndarray
+    # further scalar components by name (e.g. ``feature_knn``), in a stable order
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    # the input complexity each residual is corrected for (images), not a component itself
+    complexity: np.ndarray | None = None
+    # per-component difference maps in input shape, consumed when contributions are built
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
 
     def component_names(self) -> list[str]:
         """Names of the scalar components present, in a stable order."""
         names = ["reconstruction", "discriminator"]
         if self.latent is not None:
             names.append("latent")
-        return names
+        return names + list(self.extra)
 
     def component(self, name: str) -> np.ndarray:
         """One scalar component by name (``score`` included)."""
-        value = getattr(self, name)
+        if name in self.extra:
+            return self.extra[name]
+        value = getattr(self, name, None) if name not in ("extra", "complexity", "maps") else None
         if value is None:
             raise KeyError(f"this detector has no {name!r} component")
         return value
 
+    def raw(self) -> dict[str, np.ndarray]:
+        """Every scalar component by name (what the score normaliser combines)."""
+        return {name: self.component(name) for name in self.component_names()}
+
     def subset(self, idx: np.ndarray | slice) -> ScoreComponents:
         """The same components for a selection of rows."""
-        return ScoreComponents(
-            **{
-                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
-                for f in fields(self)
-            }
-        )
+        return ScoreComponents(**{f.name: _take(getattr(self, f.name), idx) for f in fields(self)})
 
     def __len__(self) -> int:
         return int(self.score.shape[0])
@@ -58,35 +68,87 @@ class ScoreComponents:
     @staticmethod
     def concatenate(parts: list[ScoreComponents]) -> ScoreComponents:
         """Join the components of consecutive batches."""
-        first = parts[0]
         return ScoreComponents(
-            **{
-                f.name: (
-                    None
-                    if getattr(first, f.name) is None
-                    else np.concatenate([getattr(p, f.name) for p in parts], axis=0)
-                )
-                for f in fields(first)
-            }
+            **{f.name: _join([getattr(p, f.name) for p in parts]) for f in fields(parts[0])}
         )
+
+
+def _take(value: Any, idx: np.ndarray | slice) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: v[idx] for k, v in value.items()}
+    return value[idx]
+
+
+def _join(values: list[Any]) -> Any:
+    if values[0] is None:
+        return None
+    if isinstance(values[0], dict):
+        return {k: np.concatenate([v[k] for v in values], axis=0) for k in values[0]}
+    return np.concatenate(values, axis=0)
+
+
+LOG_FLOOR = 1e-8
 
 
 @dataclass
 class ScoreNormaliser:
-    """Robust per-component scaling fitted on normal validation data.
+    """Robust per-component scaling fitted on normal validation data, with an optional
+    correction for input complexity.
 
     Components live on different scales (an L1 pixel error, a squared feature distance), so
     the combined score weights ``(c - median) / IQR`` of each, with median and IQR taken
     from normal data only. Test data never enters this fit.
+
+    Complexity (Serra et al., ICLR 2020): a residual is small for simple inputs (a thin "1",
+    a smooth lung field) whatever their normality, so a raw residual ranks simple anomalies
+    as normal. For the components named in ``complexity`` the normaliser regresses
+    ``log c`` on ``log complexity(x)`` over the normal validation split and scores the
+    residual of that fit: how much larger the error is than normal inputs of the same
+    complexity produce.
     """
 
     weights: dict[str, float]
     centre: dict[str, float] = field(default_factory=dict)
     scale: dict[str, float] = field(default_factory=dict)
+    complexity: dict[str, list[float]] = field(default_factory=dict)
 
-    def fit(self, raw: dict[str, np.ndarray]) -> ScoreNormaliser:
+    def adjusted(
+        self, raw: dict[str, np.ndarray], complexity: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Each weighted component after the complexity correction (before scaling)."""
+        out = {}
         for name in self.weights:
             values = np.asarray(raw[name], dtype=np.float64)
+            if name in self.complexity:
+                if complexity is None:
+                    raise ValueError(f"component {name!r} needs the input complexity")
+                intercept, slope = self.complexity[name]
+                log_cx = np.log(np.asarray(complexity, np.float64) + LOG_FLOOR)
+                values = np.log(values + LOG_FLOOR) - intercept - slope * log_cx
+            out[name] = values
+        return out
+
+    def fit(
+        self,
+        raw: dict[str, np.ndarray],
+        complexity: np.ndarray | None = None,
+        correct: tuple[str, ...] = (),
+    ) -> ScoreNormaliser:
+        self.complexity = {}
+        if complexity is not None:
+            log_cx = np.log(np.asarray(complexity, np.float64) + LOG_FLOOR)
+            for name in correct:
+                if name not in self.weights:
+                    continue
+                log_c = np.log(np.asarray(raw[name], np.float64) + LOG_FLOOR)
+                slope = 0.0
+                if np.var(log_cx) > 1e-12:
+                    slope = float(np.cov(log_cx, log_c, bias=True)[0, 1] / np.var(log_cx))
+                intercept = float(np.mean(log_c) - slope * np.mean(log_cx))
+                self.complexity[name] = [intercept, slope]
+        for name, values in self.adjusted(raw, complexity).items():
             q25, q50, q75 = np.percentile(values, [25, 50, 75])
             spread = q75 - q25
             if not np.isfinite(spread) or spread <= 1e-12:
@@ -95,16 +157,32 @@ class ScoreNormaliser:
             self.scale[name] = float(spread)
         return self
 
-    def combine(self, raw: dict[str, np.ndarray]) -> np.ndarray:
+    def normalised(
+        self, raw: dict[str, np.ndarray], complexity: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Each weighted component on the robust z scale of normal data."""
+        return {
+            name: (values - self.centre[name]) / self.scale[name]
+            for name, values in self.adjusted(raw, complexity).items()
+        }
+
+    def combine(
+        self, raw: dict[str, np.ndarray], complexity: np.ndarray | None = None
+    ) -> np.ndarray:
         total = sum(self.weights.values())
         combined = np.zeros_like(np.asarray(next(iter(raw.values())), dtype=np.float64))
-        for name, weight in self.weights.items():
-            if weight:
-                combined += weight * (raw[name] - self.centre[name]) / self.scale[name]
+        for name, z in self.normalised(raw, complexity).items():
+            if self.weights[name]:
+                combined += self.weights[name] * z
         return (combined / total).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights, "centre": self.centre, "scale": self.scale}
+        return {
+            "weights": self.weights,
+            "centre": self.centre,
+            "scale": self.scale,
+            "complexity": self.complexity,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScoreNormaliser:
@@ -112,7 +190,20 @@ class ScoreNormaliser:
             weights=dict(data["weights"]),
             centre=dict(data["centre"]),
             scale=dict(data["scale"]),
+            complexity={k: list(v) for k, v in data.get("complexity", {}).items()},
         )
+
+
+def input_complexity(x: np.ndarray) -> np.ndarray:
+    """Mean absolute intensity step between neighbouring pixels (total variation per pixel).
+
+    A cheap stand-in for the compressed length Serra et al. use: flat and thin images score
+    low, textured ones high, and it needs no codec in the scoring path.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    dy = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2, 3))
+    dx = np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3))
+    return (dx + dy).astype(np.float32)
 
 
 def pad_to_bucket(x: np.ndarray) -> tuple[np.ndarray, int]:
@@ -143,6 +234,7 @@ class Detector:
 
     def __init__(self) -> None:
         self.threshold_: float | None = None
+        self.decision_scores_: np.ndarray | None = None
         self.normaliser_: ScoreNormaliser | None = None
         self.training_log_: list[dict[str, Any]] = []
         self.input_shape_: tuple[int, ...] | None = None
@@ -167,9 +259,12 @@ class Detector:
                 empty, empty, empty, None, np.zeros(shape, np.float32), np.zeros(shape, np.float32)
             )
         components = ScoreComponents.concatenate(parts)
-        raw = {name: components.component(name) for name in components.component_names()}
-        components.score = self.normaliser_.combine(raw)
+        components.score = self.normaliser_.combine(components.raw(), components.complexity)
+        self._explain(components)
         return components
+
+    def _explain(self, components: ScoreComponents) -> None:
+        """Turn ``contributions`` into a map of the combined score (default: leave as is)."""
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """The combined anomaly score per record (higher = more anomalous)."""
@@ -178,16 +273,72 @@ class Detector:
     def predict(self, X: np.ndarray) -> np.ndarray:
         """1 where the score exceeds the fitted threshold, else 0."""
         if self.threshold_ is None:
-            raise ValueError("no threshold fitted: call fit() with validation data first")
+            raise ValueError("no threshold fitted: call fit() first")
         return (self.score_samples(X) > self.threshold_).astype(np.int8)
+
+    def _raw_in_chunks(self, X: np.ndarray) -> ScoreComponents:
+        return ScoreComponents.concatenate(
+            [self._raw_components(X[s]) for s in iter_chunks(len(X))]
+        )
 
     def fit_normaliser(self, X_normal: np.ndarray) -> None:
         """Fit the per-component scaling of the combined score on normal data."""
-        parts = [self._raw_components(X_normal[s]) for s in iter_chunks(len(X_normal))]
-        components = ScoreComponents.concatenate(parts)
-        raw = {name: components.component(name) for name in components.component_names()}
+        components = self._raw_in_chunks(X_normal)
+        raw = components.raw()
         weights = {k: v for k, v in self.score_weights().items() if k in raw}
-        self.normaliser_ = ScoreNormaliser(weights=weights).fit(raw)
+        self.normaliser_ = ScoreNormaliser(weights=weights).fit(
+            raw, components.complexity, correct=self.complexity_corrected()
+        )
+
+    def self_check(self, X_normal: np.ndarray) -> dict[str, float]:
+        """AUROC of every component (and the score) for normal records vs. locally corrupted
+        copies of them (``detectors.selfcheck``); no real anomaly is involved.
+
+        A weighted component below 0.5 ranks the corruptions as *more* normal: it is inverted
+        on this data, so its weight is set to 0 and ``component_inverted`` is logged (shown
+        by ``anomaly info``), unless it is the only weighted component left.
+        """
+        from detectors.selfcheck import auroc, corrupt
+
+        normal = self._raw_in_chunks(X_normal)
+        broken = self._raw_in_chunks(corrupt(X_normal, getattr(self, "seed", 0)))
+        z_normal = self.normaliser_.normalised(normal.raw(), normal.complexity)
+        z_broken = self.normaliser_.normalised(broken.raw(), broken.complexity)
+        result = {name: auroc(z_normal[name], z_broken[name]) for name in z_normal}
+        weights = self.normaliser_.weights
+        events = []
+        for name in [n for n, w in weights.items() if w and result[n] < 0.5]:
+            if sum(1 for w in weights.values() if w) > 1:
+                weights[name] = 0.0
+                events.append("component_inverted")
+                log.warning(
+                    "%s ranks corrupted normals below normals (AUROC %.2f): weight set to 0",
+                    name,
+                    result[name],
+                )
+        result["score"] = auroc(
+            self.normaliser_.combine(normal.raw(), normal.complexity),
+            self.normaliser_.combine(broken.raw(), broken.complexity),
+        )
+        self.training_log_.append(
+            {"phase": "self_check", "auroc_vs_corrupted": result, "events": sorted(set(events))}
+        )
+        return result
+
+    def complexity_corrected(self) -> tuple[str, ...]:
+        """Components whose complexity bias the normaliser removes (none by default)."""
+        return ()
+
+    def fit_threshold(self, X_normal: np.ndarray, target_fpr: float = 0.01) -> float:
+        """``threshold_`` at the (1 - target_fpr) quantile of normal scores (PyOD's contamination).
+
+        ``fit`` calls it on the normal validation split, so ``predict`` works right after
+        ``fit``; a bundle later replaces it with the threshold fitted on its calibration split
+        and keeps both in one place (the bundle's threshold history is what serving reads).
+        """
+        self.decision_scores_ = self.score_samples(X_normal)
+        self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - target_fpr))
+        return self.threshold_
 
     def score_weights(self) -> dict[str, float]:
         raise NotImplementedError

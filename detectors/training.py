@@ -40,9 +40,15 @@ class StabilityMonitor(keras.callbacks.Callback):
     - discriminator collapse: when the epoch's mean discriminator loss falls under
       ``d_collapse_threshold`` the discriminator is re-initialised, as the GANomaly reference
       implementation does (checked per epoch: on JAX the weights are only synced then);
-    - generator mode collapse: when the generator's outputs on a fixed sample vary far less
-      than the data (variance ratio under ``mode_collapse_ratio``) after ``warmup_epochs``
-      (a fresh generator starts near a constant), it logs a warning.
+    - generator mode collapse: when, at the end of training, the generator's outputs on a
+      fixed sample vary far less than the data (variance ratio under
+      ``mode_collapse_ratio``), it logs a warning. The ratio is logged every epoch, but
+      judged once, on the weights training ends with: a generator that is still learning
+      starts near a constant output (GANomaly's reconstructions of the fraud sample rise
+      from a ratio of 0.016 in epoch 1 through 0.04 in epoch 4 to 0.33 in epoch 15), so
+      the old per-epoch verdict flagged healthy runs; broken ones (learning rate 0,
+      adversarial loss only, a 1-unit bottleneck) end at 0.02-0.05. ``warmup_epochs`` is
+      accepted for existing configurations and ignored.
     """
 
     def __init__(
@@ -64,10 +70,27 @@ class StabilityMonitor(keras.callbacks.Callback):
         self.data_variance = float(np.mean(np.var(sample, axis=0))) or 1.0
         self.history: list[dict[str, Any]] = []
 
+    def output_variance_ratio(self) -> float:
+        generated = np.asarray(self.generate(self.sample))
+        return float(np.mean(np.var(generated, axis=0))) / self.data_variance
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        ratio = self.output_variance_ratio()
+        events = []
+        if ratio < self.mode_collapse_ratio:
+            events.append("generator_mode_collapse")
+            log.warning(
+                "generator output variance is %.3f of the data's at the end of training: "
+                "mode collapse",
+                ratio,
+            )
+        self.history.append(
+            {"phase": "final_check", "output_variance_ratio": ratio, "events": events}
+        )
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        generated = np.asarray(self.generate(self.sample))
-        ratio = float(np.mean(np.var(generated, axis=0))) / self.data_variance
+        ratio = self.output_variance_ratio()
         entry: dict[str, Any] = {"epoch": epoch + 1, **logs, "output_variance_ratio": ratio}
         events = []
         d_loss = logs.get("d_loss")
@@ -83,13 +106,6 @@ class StabilityMonitor(keras.callbacks.Callback):
                 epoch + 1,
                 d_loss,
                 self.d_collapse_threshold,
-            )
-        if epoch >= self.warmup_epochs and ratio < self.mode_collapse_ratio:
-            events.append("generator_mode_collapse")
-            log.warning(
-                "epoch %d: generator output variance is %.3f of the data's: mode collapse",
-                epoch + 1,
-                ratio,
             )
         if not np.all(np.isfinite(list(logs.values()))):
             events.append("non_finite_loss")

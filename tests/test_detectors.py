@@ -33,7 +33,13 @@ def test_ganomaly_components_and_sklearn_api(ganomaly, data):
     X = np.concatenate([test_normal, anomalies])
     comps = ganomaly.score_components(X)
     assert isinstance(comps, ScoreComponents)
-    assert comps.component_names() == ["reconstruction", "discriminator", "latent"]
+    assert comps.component_names() == [
+        "reconstruction",
+        "discriminator",
+        "latent",
+        "encoder_knn",
+        "discriminator_knn",
+    ]
     assert comps.score.shape == comps.reconstruction.shape == comps.latent.shape == (len(X),)
     assert comps.contributions.shape == X.shape == comps.reconstructed.shape
     np.testing.assert_allclose(
@@ -42,9 +48,70 @@ def test_ganomaly_components_and_sklearn_api(ganomaly, data):
     np.testing.assert_array_equal(ganomaly.score_samples(X), comps.score)
     y = np.r_[np.zeros(len(test_normal)), np.ones(len(anomalies))]
     assert roc_auc_score(y, comps.score) > 0.9
-    ganomaly.threshold_ = float(np.quantile(ganomaly.score_samples(test_normal), 0.95))
+    # fit sets the threshold and the training scores (PyOD), so predict works at once
+    assert ganomaly.threshold_ is not None and len(ganomaly.decision_scores_) > 0
+    assert ganomaly.threshold_ == pytest.approx(np.quantile(ganomaly.decision_scores_, 0.99))
     assert set(np.unique(ganomaly.predict(X))) <= {0, 1}
     assert ganomaly.predict(anomalies).mean() > ganomaly.predict(test_normal).mean()
+
+
+def test_memory_bank_distance_is_the_default_score(ganomaly, data):
+    """Default weights: the two memory-bank distances, each on its robust z scale."""
+    _, test_normal, anomalies = data
+    comps = ganomaly.score_components(np.concatenate([test_normal, anomalies]))
+    norm = ganomaly.normaliser_
+    z = norm.normalised(comps.raw())
+    expected = (z["encoder_knn"] + z["discriminator_knn"]) / 2.0
+    np.testing.assert_allclose(comps.score, expected, rtol=1e-4, atol=1e-5)
+    # each training row is its own nearest neighbour in the bank
+    bank = ganomaly.memory_["encoder_knn"]
+    assert len(bank.bank_) > 0 and bank.k == 5
+
+
+def test_contributions_explain_the_score(ganomaly, data):
+    """The per-feature map sums to the positive part of the score over its cells, is zero for
+    records scored below every component's median, and points at the altered feature."""
+    _, test_normal, _ = data
+    comps = ganomaly.score_components(test_normal)
+    z = ganomaly.normaliser_.normalised(comps.raw())
+    positive = sum(np.maximum(z[n], 0) for n in ("encoder_knn", "discriminator_knn")) / 2
+    np.testing.assert_allclose(comps.contributions.mean(axis=1), positive, rtol=1e-4, atol=1e-5)
+    altered = test_normal[:20].copy()
+    altered[:, 2] += 8.0
+    top = ganomaly.score_components(altered).contributions.argmax(axis=1)
+    assert (top == 2).mean() >= 0.9
+
+
+def test_self_check_drops_a_component_that_inverts(data):
+    """A component that ranks corrupted normals below normals loses its weight, and says so."""
+    from detectors.selfcheck import auroc, corrupt
+
+    train, test_normal, _ = data
+    det = GANomaly(**{**TINY, "epochs": 1}).fit(train)
+    check = [e for e in det.training_log_ if e.get("phase") == "self_check"][-1]
+    assert set(check["auroc_vs_corrupted"]) >= {"encoder_knn", "score"}
+    assert 0.0 <= check["auroc_vs_corrupted"]["score"] <= 1.0
+    # make the encoder bank inverted on purpose: negate its distances through the normaliser
+    det.normaliser_.weights = {"encoder_knn": 1.0, "discriminator_knn": 1.0}
+    det.normaliser_.scale["encoder_knn"] *= -1.0
+    result = det.self_check(test_normal)
+    assert result["encoder_knn"] < 0.5
+    assert det.normaliser_.weights["encoder_knn"] == 0.0
+    assert "component_inverted" in det.training_log_[-1]["events"]
+    assert auroc(np.zeros(3), np.ones(3)) == 1.0 and corrupt(train[:4]).shape == (4, 5)
+
+
+def test_mode_collapse_verdict_is_judged_on_the_final_weights(data):
+    """A healthy run is not flagged; a broken one (nothing can learn: learning rate 0) is."""
+    train, _, _ = data
+    healthy = GANomaly(seed=0, hidden=(16, 8)).fit(train)
+    broken = GANomaly(seed=0, hidden=(16, 8), epochs=3, learning_rate=0.0).fit(train)
+
+    def events(det):
+        return {e for entry in det.training_log_ for e in entry.get("events", [])}
+
+    assert "generator_mode_collapse" not in events(healthy)
+    assert "generator_mode_collapse" in events(broken)
 
 
 def test_scores_do_not_depend_on_batch_padding(ganomaly, data):
@@ -146,3 +213,5 @@ def test_anogan_search_is_one_batch_not_per_record(data, monkeypatch):
     monkeypatch.setattr(det, "_latent_search", lambda x, z: calls.append(len(x)) or original(x, z))
     det.score_samples(test_normal[:100])
     assert calls == [64, 36]
+    # every batch searches: the per-batch Adam reset keeps the learning rate (it once zeroed it)
+    assert float(det._search.optimizer.learning_rate) == pytest.approx(det.search_lr)
