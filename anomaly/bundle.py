@@ -259,8 +259,7 @@ class Bundle:
             "schema": schema.to_dict(),
             "preprocessing": preprocessing,
             "score": {
-                "components": ["reconstruction", "discriminator"]
-                + (["latent"] if detector.name == "ganomaly" else []),
+                "components": detector.component_names(),
                 "weights": detector.normaliser_.weights,
                 "normalisation": detector.normaliser_.to_dict(),
                 "formula": detector.score_formula,

@@ -79,13 +79,20 @@ def _is_image_source(path: Path) -> bool:
 @click.option("--images", is_flag=True, help="DATA is an image folder / IDX / NPZ of images.")
 @click.option("--image-size", type=int, default=None, help="Resize images to this square side.")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Gray or RGB.")
+@click.option(
+    "--intensity",
+    type=click.Choice(["none", "stretch", "zscore"]),
+    default="none",
+    show_default=True,
+    help="Per-image intensity normalisation (scoring applies the bundle's).",
+)
 @click.option("--features", default=None, help="Comma-separated feature columns.")
 @click.option("--exclude", default=None, help="Comma-separated columns to leave out.")
 @click.option("--label-column", default="auto", show_default=True, help="'none' to disable.")
 @click.option("--id-column", default="auto", show_default=True)
 @click.option("--log1p", "log1p", default=None, help="Columns to signed-log1p (e.g. Amount).")
 @click.option("--scaler", type=click.Choice(["standard", "robust"]), default="standard")
-@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--epochs", type=int, default=None, help="Default: 15 for records, 10 for images.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--latent-dim", type=int, default=None)
 @click.option("--hidden", default="64,32", show_default=True, help="Dense layer widths.")
@@ -116,7 +123,6 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
     from anomaly.training import train_bundle
 
     params: dict[str, Any] = {
-        "epochs": opts["epochs"],
         "batch_size": opts["batch_size"],
         "latent_dim": opts["latent_dim"],
         "hidden": tuple(int(h) for h in _csv_list(opts["hidden"])),
@@ -124,6 +130,8 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         "mixed_precision": opts["mixed_precision"],
         "verbose": 0 if opts["quiet"] else 1,
     }
+    if opts["epochs"]:
+        params["epochs"] = opts["epochs"]
     if opts["detector"] == "anogan":
         params.update(mode=opts["anogan_mode"], search_steps=opts["search_steps"])
     elif opts["score_weights"]:
@@ -134,7 +142,9 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         from anomaly.imaging import load_training_images
 
         channels = int(opts["channels"]) if opts["channels"] else None
-        X, image_options = load_training_images(data, opts["image_size"], channels)
+        X, image_options = load_training_images(
+            data, opts["image_size"], channels, intensity=opts["intensity"]
+        )
         schema = Schema.image(*X.shape[1:])
         extra["image_preprocessing"] = image_options
     else:

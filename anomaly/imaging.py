@@ -45,6 +45,12 @@ PIL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 NPZ_SUFFIXES = frozenset({".npz"})
 FIT_MODES = ("center_crop", "resize")
+# Per-image intensity normalisation (after geometry), for scans whose exposure and contrast
+# differ from site to site:
+# - "none": intensities as decoded (DICOM: after rescale and window);
+# - "stretch": each image's 1st..99th percentile mapped to [0, 1] (exposure and contrast);
+# - "zscore": each image standardised, then mapped to [0, 1] as 0.5 + z / 6 (clipped).
+INTENSITY_MODES = ("none", "stretch", "zscore")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # IDX type codes -> numpy big-endian dtypes (http://yann.lecun.com/exdb/mnist/).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -78,10 +84,15 @@ class PreprocessOptions:
     channels: int
     fit: str = "center_crop"
     dicom_window: tuple[float, float] | None = None  # (center, width) overriding file tags
+    intensity: str = "none"
 
     def __post_init__(self) -> None:
         if self.fit not in FIT_MODES:
             raise ValueError(f"fit must be one of {FIT_MODES}, not {self.fit!r}")
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(
+                f"intensity must be one of {INTENSITY_MODES}, not {self.intensity!r}"
+            )
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, not {self.channels}")
         if self.height < 1 or self.width < 1:
@@ -98,6 +109,7 @@ class PreprocessOptions:
             "channels": self.channels,
             "fit": self.fit,
             "dicom_window": None if self.dicom_window is None else list(self.dicom_window),
+            "intensity": self.intensity,
         }
 
     @classmethod
@@ -109,6 +121,7 @@ class PreprocessOptions:
             channels=int(data["channels"]),
             fit=str(data.get("fit", "center_crop")),
             dicom_window=None if window is None else (float(window[0]), float(window[1])),
+            intensity=str(data.get("intensity", "none")),
         )
 
 
@@ -520,7 +533,22 @@ def preprocess(image: np.ndarray, options: PreprocessOptions) -> np.ndarray:
             ],
             axis=2,
         )
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    return normalise_intensity(np.clip(image, 0.0, 1.0), options.intensity).astype(np.float32)
+
+
+def normalise_intensity(image: np.ndarray, mode: str) -> np.ndarray:
+    """Per-image intensity normalisation (``INTENSITY_MODES``); a flat image maps to 0.5."""
+    if mode == "none":
+        return image
+    if mode == "stretch":
+        low, high = np.percentile(image, [1.0, 99.0])
+        if high - low < 1e-6:
+            return np.full_like(image, 0.5)
+        return np.clip((image - low) / (high - low), 0.0, 1.0)
+    spread = float(image.std())
+    if spread < 1e-6:
+        return np.full_like(image, 0.5)
+    return np.clip(0.5 + (image - float(image.mean())) / (6.0 * spread), 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,10 +607,11 @@ def infer_options(
     channels: int | None,
     fit: str = "center_crop",
     dicom_window: tuple[float, float] | None = None,
+    intensity: str = "none",
 ) -> PreprocessOptions:
     """Options for a training folder: missing size/channels come from the first readable image."""
     if size is not None and channels is not None:
-        return PreprocessOptions(size, size, channels, fit, dicom_window)
+        return PreprocessOptions(size, size, channels, fit, dicom_window, intensity)
     for path in paths:
         try:
             _, first = next(iter(read_file(path, dicom_window)))
@@ -595,6 +624,7 @@ def infer_options(
             channels=channels or (1 if c == 1 else 3),
             fit=fit,
             dicom_window=dicom_window,
+            intensity=intensity,
         )
     raise ImageReadError(paths[0] if paths else "", "unreadable", "no readable image found")
 
@@ -605,6 +635,7 @@ def load_training_images(
     channels: int | None,
     fit: str = "center_crop",
     dicom_window: tuple[float, float] | None = None,
+    intensity: str = "none",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """All images under ``path`` as float32 NHWC in [0, 1] plus the preprocessing options dict.
 
@@ -615,7 +646,7 @@ def load_training_images(
     paths = discover_files(path)
     if not paths:
         raise ImageReadError(path, "unreadable", "no PNG/JPEG/TIFF/DICOM/IDX/NPZ files found")
-    options = infer_options(paths, size, channels, fit, dicom_window)
+    options = infer_options(paths, size, channels, fit, dicom_window, intensity)
     parts: list[np.ndarray] = []
     for batch in iter_batches(paths, options, batch_size=1024):
         if batch.errors:

@@ -371,7 +371,7 @@ def bundle_image_options(
         {"fit": "center_crop", **stored, "height": h, "width": w, "channels": c}
     )
     if dicom_window is not None:
-        options = PreprocessOptions(h, w, c, options.fit, dicom_window)
+        options = PreprocessOptions(h, w, c, options.fit, dicom_window, options.intensity)
     return options
 
 

@@ -325,6 +325,10 @@ class Detector:
         )
         return result
 
+    def component_names(self) -> list[str]:
+        """The scalar components ``score_components`` reports, in its order."""
+        return ["reconstruction", "discriminator"]
+
     def complexity_corrected(self) -> tuple[str, ...]:
         """Components whose complexity bias the normaliser removes (none by default)."""
         return ()

@@ -37,6 +37,11 @@ DEFAULT_WEIGHTS = {
 }
 RESIDUALS = ("reconstruction", "latent", "discriminator")
 BANKS = ("encoder_knn", "discriminator_knn")
+# Default training length. Images: the memory-bank features come from the first conv block,
+# which settles early (MNIST, seed 0: encoder_knn AUROC within 0.01 after 5, 8 and 15
+# epochs on digits 1 and 9), and an image epoch costs ~9 s on a 2-core CPU, so 10.
+RECORD_EPOCHS = 15
+IMAGE_EPOCHS = 10
 
 
 class GANomalyNet(keras.Model):
@@ -146,7 +151,7 @@ class GANomaly(GANDetector):
         w_enc: float = 1.0,
         learning_rate: float = 2e-4,
         beta_1: float = 0.5,
-        epochs: int = 15,
+        epochs: int | None = None,
         batch_size: int = 64,
         patience: int = 5,
         validation_fraction: float = 0.15,
@@ -258,7 +263,7 @@ class GANomaly(GANDetector):
         net.fit(
             X_model,
             validation_data=(val_model,),
-            epochs=epochs or self.epochs,
+            epochs=epochs or self.epochs or (IMAGE_EPOCHS if self.is_image else RECORD_EPOCHS),
             batch_size=self.batch_size,
             shuffle=True,
             verbose=self.verbose,
@@ -409,6 +414,9 @@ class GANomaly(GANDetector):
             )
         components.contributions = contributions
         components.maps = {}
+
+    def component_names(self) -> list[str]:
+        return ["reconstruction", "discriminator", "latent", *BANKS]
 
     def complexity_corrected(self) -> tuple[str, ...]:
         return RESIDUALS if self.is_image else ()

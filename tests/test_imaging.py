@@ -179,10 +179,30 @@ def test_preprocess_channels_luma_and_repeat():
 
 
 def test_options_round_trip_through_a_dict():
-    opts = PreprocessOptions(32, 24, 3, "resize", (40.0, 400.0))
+    opts = PreprocessOptions(32, 24, 3, "resize", (40.0, 400.0), "zscore")
     assert PreprocessOptions.from_dict(opts.to_dict()) == opts
     with pytest.raises(ValueError):
         PreprocessOptions(8, 8, 2)
+    with pytest.raises(ValueError, match="intensity"):
+        PreprocessOptions(8, 8, 1, intensity="histogram")
+    # bundles written before the option existed read as "none"
+    legacy = {k: v for k, v in opts.to_dict().items() if k != "intensity"}
+    assert PreprocessOptions.from_dict(legacy).intensity == "none"
+
+
+@pytest.mark.parametrize("mode", ["stretch", "zscore"])
+def test_intensity_normalisation_undoes_exposure_and_contrast(mode):
+    """A scan taken darker and with less contrast normalises to the same image."""
+    scan = disc_image(32, 9.0)[:, :, None] * 0.6 + 0.2
+    other_site = 0.5 * scan + 0.1
+    options = PreprocessOptions(32, 32, 1, intensity=mode)
+    a, b = preprocess(scan, options), preprocess(other_site, options)
+    np.testing.assert_allclose(a, b, atol=2e-3)
+    assert 0.0 <= a.min() and a.max() <= 1.0 and a.std() > 0.1
+    flat = preprocess(np.full((32, 32, 1), 0.3, np.float32), options)
+    np.testing.assert_allclose(flat, 0.5)
+    plain = preprocess(other_site, PreprocessOptions(32, 32, 1))
+    assert not np.allclose(plain, a, atol=0.05)
 
 
 def test_discover_is_recursive_and_skips_unknown_files(tmp_path):
