@@ -90,9 +90,7 @@ class PreprocessOptions:
         if self.fit not in FIT_MODES:
             raise ValueError(f"fit must be one of {FIT_MODES}, not {self.fit!r}")
         if self.intensity not in INTENSITY_MODES:
-            raise ValueError(
-                f"intensity must be one of {INTENSITY_MODES}, not {self.intensity!r}"
-            )
+            raise ValueError(f"intensity must be one of {INTENSITY_MODES}, not {self.intensity!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, not {self.channels}")
         if self.height < 1 or self.width < 1:

@@ -300,7 +300,8 @@ class GANomaly(GANDetector):
             _, feat_fake = s["discriminator"](x_hat)
             latent = ops.mean(ops.square(z - z_hat), axis=-1)
             disc = per_sample_mean(ops.square(feat_real - feat_fake))
-            banks = self._bank_features()(inputs)
+            # bundles written before the memory banks existed score without them
+            banks = self._bank_features()(inputs) if self.memory_ else []
             self._scorer = keras.Model(
                 inputs, [x_hat, latent, disc, *banks], name="ganomaly_scorer"
             )
@@ -331,11 +332,12 @@ class GANomaly(GANDetector):
         return keras.Model(inputs, outs, name="bank_features")
 
     def _features_in_chunks(self, x_model: np.ndarray) -> list[np.ndarray]:
+        model = self._bank_features()
         parts = []
         for c in iter_chunks(len(x_model)):
             padded, n = pad_to_bucket(x_model[c])
-            out = self._scoring_model().predict_on_batch(padded)
-            parts.append([np.asarray(o, np.float32)[:n] for o in out[3:]])
+            out = model.predict_on_batch(padded)
+            parts.append([np.asarray(o, np.float32)[:n] for o in out])
         return [np.concatenate([p[i] for p in parts]) for i in range(len(BANKS))]
 
     def _fit_memory(self, x_model: np.ndarray) -> None:
@@ -346,6 +348,7 @@ class GANomaly(GANDetector):
             self.memory_[name] = bank
         if not self.is_image:
             self.memory_rows_ = {n: x_model[b.kept_] for n, b in self.memory_.items()}
+        self._scorer = None
 
     def _raw_components(self, x: np.ndarray) -> ScoreComponents:
         x_model = self._to_model(x)
@@ -354,7 +357,7 @@ class GANomaly(GANDetector):
         x_hat = self._from_model(np.asarray(x_hat, dtype=np.float32)[:n])
         residual = np.abs(x - x_hat)
         extra, maps = {}, {"reconstruction": residual}
-        for name, feat in zip(BANKS, features, strict=True):
+        for name, feat in zip(self.memory_, features, strict=True):
             feat = np.asarray(feat, np.float32)[:n]
             dist, nearest = self.memory_[name].neighbours(feat)
             extra[name] = dist
@@ -416,7 +419,7 @@ class GANomaly(GANDetector):
         components.maps = {}
 
     def component_names(self) -> list[str]:
-        return ["reconstruction", "discriminator", "latent", *BANKS]
+        return ["reconstruction", "discriminator", "latent", *self.memory_]
 
     def complexity_corrected(self) -> tuple[str, ...]:
         return RESIDUALS if self.is_image else ()
@@ -447,9 +450,10 @@ class GANomaly(GANDetector):
     def _load_extra(self, directory: Path) -> None:
         with np.load(directory / "latent.npz", allow_pickle=False) as latent:
             self.latent_mean_, self.latent_std_ = latent["mean"], latent["std"]
-        self.memory_ = {n: MemoryBank.load(directory / f"memory_{n}.npz") for n in BANKS}
+        present = [n for n in BANKS if (directory / f"memory_{n}.npz").is_file()]
+        self.memory_ = {n: MemoryBank.load(directory / f"memory_{n}.npz") for n in present}
         if not self.is_image:
             self.memory_rows_ = {}
-            for name in BANKS:
+            for name in present:
                 with np.load(directory / f"memory_{name}_rows.npz", allow_pickle=False) as rows:
                     self.memory_rows_[name] = rows["rows"]

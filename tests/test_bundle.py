@@ -34,7 +34,16 @@ def test_manifest_describes_the_model(tiny_bundle):
     assert m["preprocessing"]["log1p_columns"] == ["amount"]
     assert len(m["preprocessing"]["centre"]) == 5
     assert m["runtime"]["keras_backend"] in ("tensorflow", "jax", "torch")
-    assert set(m["score"]["weights"]) == {"reconstruction", "latent", "discriminator"}
+    assert m["score"]["weights"]["encoder_knn"] == m["score"]["weights"]["discriminator_knn"] == 1
+    assert m["score"]["components"] == [
+        "reconstruction",
+        "discriminator",
+        "latent",
+        "encoder_knn",
+        "discriminator_knn",
+    ]
+    banks = {name for name in m["files"] if "memory_" in name}
+    assert len(banks) == 4  # two banks and, for records, the rows that explain them
     assert "normal validation split" in m["score"]["formula"]
     assert all(len(v) == 64 for v in m["files"].values())
     (entry,) = m["thresholds"]

@@ -98,6 +98,8 @@ def test_score_writes_components_and_top_features(trained, files, tmp_path, suff
             "reconstruction",
             "discriminator",
             "latent",
+            "encoder_knn",
+            "discriminator_knn",
             "is_anomaly",
             "top_features",
         }

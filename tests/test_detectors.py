@@ -176,6 +176,26 @@ def test_save_load_round_trip(ganomaly, data, tmp_path):
     assert loaded.sample(4, seed=1).shape == (4, 5)
 
 
+def test_a_model_saved_before_memory_banks_still_scores(ganomaly, data, tmp_path):
+    """Models written by earlier versions have no bank files and residual-only weights."""
+    import json
+
+    _, test_normal, _ = data
+    ganomaly.save(tmp_path)
+    for bank in tmp_path.glob("memory_*.npz"):
+        bank.unlink()
+    state = json.loads((tmp_path / "detector.json").read_text())
+    state["normaliser"]["weights"] = {"reconstruction": 1.0, "latent": 1.0, "discriminator": 1.0}
+    for key in ("encoder_knn", "discriminator_knn"):
+        state["normaliser"]["centre"].pop(key)
+        state["normaliser"]["scale"].pop(key)
+    state["normaliser"].pop("complexity")
+    old = GANomaly.load(tmp_path, state)
+    comps = old.score_components(test_normal[:10])
+    assert comps.component_names() == ["reconstruction", "discriminator", "latent"]
+    assert np.all(np.isfinite(comps.score)) and comps.contributions.shape == (10, 5)
+
+
 @pytest.mark.parametrize("shape", [(20, 20, 1), (12, 24, 3)])
 def test_conv_ganomaly_any_image_shape(shape):
     rng = np.random.default_rng(0)
@@ -185,6 +205,33 @@ def test_conv_ganomaly_any_image_shape(shape):
     assert comps.contributions.shape == (5,) + shape
     assert comps.reconstructed.shape == (5,) + shape
     assert det.sample(3, seed=0).shape == (3,) + shape
+    assert comps.complexity.shape == (5,) and set(det.normaliser_.complexity) == {
+        "reconstruction",
+        "latent",
+        "discriminator",
+    }
+
+
+def test_image_heatmap_follows_the_score_and_finds_the_defect():
+    """On images the contributions are the memory-bank difference maps scaled by the score:
+    a bright square pasted on a normal disc lights up where it was pasted."""
+    from imaging_fixtures import disc_image
+
+    rng = np.random.default_rng(0)
+    normal = np.stack(
+        [disc_image(32, rng.uniform(6, 9), *rng.uniform(13, 19, 2)) for _ in range(160)]
+    )[..., None].astype("float32")
+    det = GANomaly(epochs=2, batch_size=32, filters=8, latent_dim=16, seed=0).fit(normal[:128])
+    defect = normal[128:144].copy()
+    defect[:, 2:10, 22:30] = 1.0
+    comps = det.score_components(np.concatenate([normal[144:], defect]))
+    assert comps.score[16:].mean() > comps.score[:16].mean()
+    heat = comps.contributions[16:, :, :, 0]
+    inside = heat[:, 2:10, 22:30].mean(axis=(1, 2))
+    assert np.mean(inside > heat.mean(axis=(1, 2))) >= 0.9
+    z = det.normaliser_.normalised(comps.raw(), comps.complexity)
+    positive = sum(np.maximum(z[n], 0) for n in ("encoder_knn", "discriminator_knn")) / 2
+    np.testing.assert_allclose(comps.contributions.mean(axis=(1, 2, 3)), positive, rtol=1e-3)
 
 
 def test_anogan_latent_search_improves_on_encoder(data):
