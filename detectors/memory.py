@@ -18,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-# Most float32 values a bank keeps (64 MiB): wide image features keep fewer rows than
-# narrow tabular ones; rows beyond the budget are a seeded random subsample.
+# A bank keeps at most BANK_MAX_ROWS rows and BANK_BUDGET_VALUES float32 values (64 MiB), so
+# wide image features keep fewer rows than narrow records; rows beyond either bound are a
+# seeded random subsample. The row bound keeps scoring cheap in the stream: a query costs
+# rows x width multiply-adds (16k x 96 for a 30-feature record: ~1.5 M).
 BANK_BUDGET_VALUES = 1 << 24
+BANK_MAX_ROWS = 16384
 QUERY_CHUNK = 1024
 
 
@@ -51,7 +54,7 @@ class MemoryBank:
         holds the indices of the rows kept."""
         bank = self._rows(features)
         keep = np.arange(len(bank))
-        max_rows = max(self.k + 1, BANK_BUDGET_VALUES // max(1, bank.shape[1]))
+        max_rows = max(self.k + 1, min(BANK_MAX_ROWS, BANK_BUDGET_VALUES // max(1, bank.shape[1])))
         if len(bank) > max_rows:
             keep = np.sort(np.random.default_rng(seed).choice(len(bank), max_rows, replace=False))
             bank = bank[keep]
