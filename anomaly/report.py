@@ -122,6 +122,7 @@ class ReportWriter:
         component_names: Sequence[str],
         *,
         heatmap_vmax: float = 0.5,
+        heatmap_label: str = "Residual heatmap |input − reconstruction|",
         max_table_rows: int = 2000,
         title: str = "Imaging anomaly report",
         model: str = "",
@@ -132,6 +133,7 @@ class ReportWriter:
         self.threshold = float(threshold)
         self.component_names = list(component_names)
         self.heatmap_vmax = heatmap_vmax
+        self.heatmap_label = heatmap_label
         self.max_table_rows = max_table_rows
         self.title = title
         self.model = model
@@ -251,7 +253,7 @@ class ReportWriter:
             f"<b>{len(self._errors)}</b> unreadable"
             + (f" · model {esc(self.model)}" if self.model else "")
             + "</p>",
-            '<p class="legend">Residual heatmap |input − reconstruction|: '
+            f'<p class="legend">{esc(self.heatmap_label)}: '
             f'<span class="bar"></span> 0 … {self.heatmap_vmax:g} (fixed scale, model space)</p>',
         ]
         if self._errors:
@@ -395,7 +397,10 @@ def score_images(
     names = _component_names(bundle)
     model = f"{bundle.model_name} {bundle.model_version}"
     title = f"Imaging anomaly report: {source}"
-    with ReportWriter(out_dir, bundle.threshold, names, title=title, model=model) as writer:
+    heatmap = _heatmap_scale(bundle)
+    with ReportWriter(
+        out_dir, bundle.threshold, names, title=title, model=model, **heatmap
+    ) as writer:
         for batch in iter_batches(files, options, batch_size, on_file_done):
             if batch.metas:
                 comps = bundle.score(batch.images)
@@ -409,6 +414,24 @@ def score_images(
                 )
             writer.add_errors(batch.errors)
         return writer.close()
+
+
+def _heatmap_scale(bundle: Any) -> dict[str, Any]:
+    """How to colour the bundle's contributions.
+
+    Models whose score is the memory-bank distance spread their score over the image (mean
+    of the map = the positive part of the score): full colour is a pixel carrying four times
+    the alert threshold's average, so a flagged image shows where its score sits. Older,
+    residual-only models keep the pixel-unit residual scale.
+    """
+    weights = bundle.manifest.get("score", {}).get("weights", {})
+    if any(weights.get(n) for n in ("encoder_knn", "discriminator_knn")):
+        return {
+            "heatmap_vmax": round(4.0 * max(float(bundle.threshold), 0.5), 3),
+            "heatmap_label": "Score heatmap (where the image differs from its nearest "
+            "normal training images; score units per pixel)",
+        }
+    return {}
 
 
 def _component_names(bundle: Any) -> list[str]:

@@ -269,6 +269,8 @@ def test_cli_report_references_every_flagged_image(scored):
     scores = [float(r["score"]) for r in flagged]
     ranks = [page.index(f"score <b>{s:.6g}</b>") for s in sorted(scores, reverse=True)]
     assert ranks == sorted(ranks)  # highest score first
+    # the heatmap is the score's own map, on a scale tied to the alert threshold
+    assert "Score heatmap" in page and "differs from its nearest normal" in page
 
 
 @needs_chromium
