@@ -60,6 +60,9 @@ def test_load_scores_in_original_units(tiny_bundle):
     assert comps.score[50:].mean() > comps.score[:50].mean()
     assert bundle.threshold == _manifest(tiny_bundle)["thresholds"][-1]["value"]
     assert bundle.expected_anomaly_rate == 0.05
+    # one source of truth: the detector's threshold_ is the bundle's live history entry,
+    # not the validation-split threshold fit() set
+    assert bundle.detector.threshold_ == bundle.threshold
 
 
 def test_shape_mismatch_is_refused(tiny_bundle):

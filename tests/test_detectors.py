@@ -212,6 +212,15 @@ def test_conv_ganomaly_any_image_shape(shape):
     }
 
 
+def test_conv_ganomaly_at_128_rgb_pools_its_bank_to_8x8():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 0.3, size=(24, 128, 128, 3)).astype("float32")
+    det = GANomaly(epochs=1, batch_size=8, filters=4, latent_dim=8, seed=0).fit(images)
+    assert det.memory_["encoder_knn"].bank_.shape[1] == 8 * 8 * 4
+    comps = det.score_components(images[:3])
+    assert comps.contributions.shape == (3, 128, 128, 3) and np.all(np.isfinite(comps.score))
+
+
 def test_image_heatmap_follows_the_score_and_finds_the_defect():
     """On images the contributions are the memory-bank difference maps scaled by the score:
     a bright square pasted on a normal disc lights up where it was pasted."""
