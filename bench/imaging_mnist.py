@@ -328,8 +328,9 @@ def main() -> None:
     done = set()
     if results.is_file():
         done = {(r["digit"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())}
-    for digit in [int(d) for d in args.digits.split(",")]:
-        for seed in [int(s) for s in args.seeds.split(",")]:
+    # seed-major: a partial run still covers every digit for the first seeds
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for digit in [int(d) for d in args.digits.split(",")]:
             if (digit, seed) in done:
                 continue
             row = run_one(images, labels, digit, seed, args.out / "runs")
