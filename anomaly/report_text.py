@@ -45,8 +45,11 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
         f"seed {training.get('seed')}"
     )
     events = sorted({e for entry in training.get("log", []) for e in entry.get("events", [])})
-    if events:
-        lines.append(f"stability    {', '.join(events)}")
+    lines.append(f"stability    {', '.join(events) if events else 'no warnings'}")
+    checks = [e for e in training.get("log", []) if e.get("phase") == "self_check"]
+    if checks:
+        aurocs = ", ".join(f"{k}={v:.2f}" for k, v in checks[-1]["auroc_vs_corrupted"].items())
+        lines.append(f"self-check   AUROC normal vs corrupted normal: {aurocs}")
     lines.append("thresholds")
     for entry in manifest.get("thresholds", []):
         params = ", ".join(

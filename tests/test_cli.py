@@ -82,6 +82,8 @@ def test_info_is_human_readable(trained):
     assert result.exit_code == 0
     assert "ganomaly" in result.output and "5 features" in result.output
     assert "v1" in result.output and "quantile" in result.output
+    assert "self-check   AUROC normal vs corrupted normal: encoder_knn=" in result.output
+    assert "stability    " in result.output
 
 
 @pytest.mark.parametrize("suffix", ["csv", "jsonl"])
