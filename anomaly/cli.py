@@ -102,6 +102,13 @@ def _is_image_source(path: Path) -> bool:
 @click.option(
     "--score-weights", default=None, help="e.g. reconstruction=1,latent=1,discriminator=1"
 )
+@click.option(
+    "--bank-rows",
+    type=click.IntRange(min=8),
+    default=4096,
+    show_default=True,
+    help="GANomaly memory-bank size: scoring cost per record grows with it.",
+)
 @click.option("--target-fpr", type=float, default=0.01, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", default=None, help="Model name (default: the bundle dir name).")
@@ -134,8 +141,10 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         params["epochs"] = opts["epochs"]
     if opts["detector"] == "anogan":
         params.update(mode=opts["anogan_mode"], search_steps=opts["search_steps"])
-    elif opts["score_weights"]:
-        params["score_weights"] = _weights(opts["score_weights"])
+    else:
+        params["bank_rows"] = opts["bank_rows"]
+        if opts["score_weights"]:
+            params["score_weights"] = _weights(opts["score_weights"])
     labels = None
     extra: dict[str, Any] = {}
     if opts["images"] or _is_image_source(data):

@@ -157,6 +157,7 @@ class GANomaly(GANDetector):
         validation_fraction: float = 0.15,
         score_weights: dict[str, float] | None = None,
         knn_k: int = 5,
+        bank_rows: int = 4096,
         d_collapse_threshold: float = 1e-5,
         mixed_precision: bool = False,
         seed: int | None = 0,
@@ -176,6 +177,7 @@ class GANomaly(GANDetector):
         self.validation_fraction = validation_fraction
         self.weights = dict(score_weights or DEFAULT_WEIGHTS)
         self.knn_k = knn_k
+        self.bank_rows = bank_rows
         self.d_collapse_threshold = d_collapse_threshold
         self.mixed_precision = mixed_precision
         self.seed = seed
@@ -203,6 +205,7 @@ class GANomaly(GANDetector):
             "validation_fraction": self.validation_fraction,
             "score_weights": self.weights,
             "knn_k": self.knn_k,
+            "bank_rows": self.bank_rows,
             "d_collapse_threshold": self.d_collapse_threshold,
             "mixed_precision": self.mixed_precision,
             "seed": self.seed,
@@ -344,7 +347,7 @@ class GANomaly(GANDetector):
         """Memory banks of the training data's features (images: cosine, records: Euclidean)."""
         self.memory_ = {}
         for name, features in zip(BANKS, self._features_in_chunks(x_model), strict=True):
-            bank = MemoryBank(self.knn_k, unit=self.is_image).fit(features, self.seed)
+            bank = MemoryBank(self.knn_k, self.is_image, self.bank_rows).fit(features, self.seed)
             self.memory_[name] = bank
         if not self.is_image:
             self.memory_rows_ = {n: x_model[b.kept_] for n, b in self.memory_.items()}

@@ -37,9 +37,10 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 class MemoryBank:
     """Normal feature vectors; ``distance`` = mean Euclidean distance to the k nearest."""
 
-    def __init__(self, k: int = 5, unit: bool = True) -> None:
+    def __init__(self, k: int = 5, unit: bool = True, max_rows: int | None = None) -> None:
         self.k = int(k)
         self.unit = bool(unit)
+        self.max_rows = max_rows
         self.bank_: np.ndarray | None = None
         self.kept_: np.ndarray | None = None
         self._sq_norms: np.ndarray | None = None
@@ -55,7 +56,8 @@ class MemoryBank:
         holds the indices of the rows kept."""
         bank = self._rows(features)
         keep = np.arange(len(bank))
-        max_rows = max(self.k + 1, min(BANK_MAX_ROWS, BANK_BUDGET_VALUES // max(1, bank.shape[1])))
+        row_cap = self.max_rows or BANK_MAX_ROWS
+        max_rows = max(self.k + 1, min(row_cap, BANK_BUDGET_VALUES // max(1, bank.shape[1])))
         if len(bank) > max_rows:
             keep = np.sort(np.random.default_rng(seed).choice(len(bank), max_rows, replace=False))
             bank = bank[keep]

@@ -41,6 +41,7 @@ def test_bank_is_bounded_by_rows_and_values(monkeypatch):
     assert bank.bank_.shape == (64, 4) and len(bank.kept_) == 64
     again = MemoryBank(5, unit=False).fit(np.random.default_rng(2).normal(size=(500, 4)), seed=3)
     np.testing.assert_array_equal(bank.kept_, again.kept_)
+    assert MemoryBank(5, False, max_rows=32).fit(np.ones((500, 4))).bank_.shape == (32, 4)
     monkeypatch.setattr(memory, "BANK_BUDGET_VALUES", 40 * 8)
     wide = MemoryBank(5).fit(np.ones((500, 8)))
     assert wide.bank_.shape == (40, 8)
