@@ -123,6 +123,7 @@ class ReportWriter:
         *,
         heatmap_vmax: float = 0.5,
         heatmap_label: str = "Residual heatmap |input − reconstruction|",
+        heatmap_caption: str = "residual heatmap",
         max_table_rows: int = 2000,
         title: str = "Imaging anomaly report",
         model: str = "",
@@ -134,6 +135,7 @@ class ReportWriter:
         self.component_names = list(component_names)
         self.heatmap_vmax = heatmap_vmax
         self.heatmap_label = heatmap_label
+        self.heatmap_caption = heatmap_caption
         self.max_table_rows = max_table_rows
         self.title = title
         self.model = model
@@ -307,7 +309,7 @@ class ReportWriter:
             f"<figure><img src='thumbs/{name}' alt='{caption} of {esc(meta.path)}' "
             f"width='{THUMB_PX}' height='{THUMB_PX}'><figcaption>{caption}</figcaption></figure>"
             for name, caption in zip(
-                f.thumbs, ("input", "reconstruction", "residual heatmap"), strict=True
+                f.thumbs, ("input", "reconstruction", self.heatmap_caption), strict=True
             )
         )
         return (
@@ -420,14 +422,16 @@ def _heatmap_scale(bundle: Any) -> dict[str, Any]:
     """How to colour the bundle's contributions.
 
     Models whose score is the memory-bank distance spread their score over the image (mean
-    of the map = the positive part of the score): full colour is a pixel carrying four times
-    the alert threshold's average, so a flagged image shows where its score sits. Older,
+    of the map = the positive part of the score): full colour is a pixel carrying eight
+    times the alert threshold's average (at four, the MNIST example report saturated most of
+    a flagged digit), so a flagged image shows where its score sits. Older,
     residual-only models keep the pixel-unit residual scale.
     """
     weights = bundle.manifest.get("score", {}).get("weights", {})
     if any(weights.get(n) for n in ("encoder_knn", "discriminator_knn")):
         return {
-            "heatmap_vmax": round(4.0 * max(float(bundle.threshold), 0.5), 3),
+            "heatmap_vmax": round(8.0 * max(float(bundle.threshold), 0.5), 3),
+            "heatmap_caption": "score heatmap",
             "heatmap_label": "Score heatmap (where the image differs from its nearest "
             "normal training images; score units per pixel)",
         }
