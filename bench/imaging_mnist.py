@@ -212,22 +212,25 @@ def summarise(rows: list[dict]) -> str:
     def table(names: tuple[str, ...], metric: str) -> list[str]:
         cols = [f"{metric}_{n}" for n in names]
         lines = [
-            "| digit | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
+            "| digit | seeds | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
         ]
         per_digit = []
         for d in digits:
             sub = [r for r in rows if r["digit"] == d]
             means = {c: float(np.mean([r[c] for r in sub])) for c in cols}
             per_digit.append(means)
-            lines.append(f"| {d} | " + " | ".join(f"{means[c]:.3f}" for c in cols) + " |")
+            seeds_run = ",".join(str(r["seed"]) for r in sorted(sub, key=lambda r: r["seed"]))
+            lines.append(
+                f"| {d} | {seeds_run} | " + " | ".join(f"{means[c]:.3f}" for c in cols) + " |"
+            )
         mean = {c: float(np.mean([m[c] for m in per_digit])) for c in cols}
         worst = {c: float(np.min([m[c] for m in per_digit])) for c in cols}
-        lines.append("| **mean** | " + " | ".join(f"**{mean[c]:.3f}**" for c in cols) + " |")
-        lines.append("| worst digit | " + " | ".join(f"{worst[c]:.3f}" for c in cols) + " |")
+        lines.append("| **mean** | | " + " | ".join(f"**{mean[c]:.3f}**" for c in cols) + " |")
+        lines.append("| worst digit | | " + " | ".join(f"{worst[c]:.3f}" for c in cols) + " |")
         return lines
 
-    out = [f"Seeds {','.join(map(str, seeds))}; cells are means over seeds.", ""]
+    out = [f"Runs: {len(rows)} (digit x seed); cells are means over the seeds run.", ""]
     out += ["Image ROC-AUC of the detector's score and of each component:", ""]
     out += table(COMPONENTS, "auc")
     out += ["", "Image ROC-AUC, detector vs anchors:", ""]
@@ -236,22 +239,22 @@ def summarise(rows: list[dict]) -> str:
     out += table(("score", *ANCHORS), "ap")
     spread = []
     for name in ("score", *ANCHORS):
-        by_seed = [
-            np.mean([r[f"auc_{name}"] for r in rows if r["seed"] == s])
-            for s in seeds
-            if any(r["seed"] == s for r in rows)
-        ]
-        per_digit_sd = [
-            float(np.std([r[f"auc_{name}"] for r in rows if r["digit"] == d])) for d in digits
-        ]
+        per_seed = []
+        for s in seeds:
+            sub = [r[f"auc_{name}"] for r in rows if r["seed"] == s]
+            per_seed.append(f"{np.mean(sub):.3f} ({len(sub)})")
+        repeated = [d for d in digits if sum(r["digit"] == d for r in rows) > 1]
+        sds = [float(np.std([r[f"auc_{name}"] for r in rows if r["digit"] == d])) for d in repeated]
         spread.append(
-            f"| {name} | {' / '.join(f'{v:.3f}' for v in by_seed)} | {max(per_digit_sd):.3f} |"
+            f"| {name} | {' / '.join(per_seed)} | {max(sds):.3f} |"
+            if sds
+            else f"| {name} | {' / '.join(per_seed)} | - |"
         )
     out += [
         "",
-        "Seed spread (ROC-AUC):",
+        "Seed spread (ROC-AUC; per seed: mean over the digits that seed ran, and their count):",
         "",
-        "| score | ten-digit mean per seed | largest per-digit std over seeds |",
+        f"| score | per seed {'/'.join(map(str, seeds))} | largest per-digit std over seeds |",
         "|---|---|---|",
         *spread,
     ]
