@@ -45,6 +45,12 @@ def _weights(value: str | None) -> dict[str, float] | None:
             weights[name.strip()] = float(number)
         except ValueError:
             raise click.BadParameter(f"expected name=number, got {part!r}") from None
+    known = ("reconstruction", "discriminator", "latent", "encoder_knn", "discriminator_knn")
+    unknown = sorted(set(weights) - set(known))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown component {unknown[0]!r}; choose from {', '.join(known)}"
+        )
     return weights
 
 
@@ -100,7 +106,10 @@ def _is_image_source(path: Path) -> bool:
 @click.option("--anogan-mode", type=click.Choice(["search", "encoder"]), default="search")
 @click.option("--search-steps", type=int, default=100, show_default=True)
 @click.option(
-    "--score-weights", default=None, help="e.g. reconstruction=1,latent=1,discriminator=1"
+    "--score-weights",
+    default=None,
+    help="GANomaly component weights (default encoder_knn=1,discriminator_knn=1; "
+    "reconstruction, latent, discriminator 0).",
 )
 @click.option(
     "--bank-rows",

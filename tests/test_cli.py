@@ -161,6 +161,14 @@ def test_missing_column_names_file_and_column(trained, tmp_path):
     assert "bad.csv" in result.output and "missing column(s) f2, f3, amount" in result.output
 
 
+def test_unknown_score_weight_is_refused_before_training(files, tmp_path):
+    _, train_csv = files
+    out = tmp_path / "never"
+    result = run("train", train_csv, "--out", out, "--score-weights", "latnet=1")
+    assert result.exit_code == 2
+    assert "unknown component 'latnet'" in result.output and not out.exists()
+
+
 def test_nan_names_the_row(trained, tmp_path):
     bad = tmp_path / "nan.csv"
     bad.write_text("f0,f1,f2,f3,amount\n1,2,3,4,5\n1,2,nan,4,5\n")
