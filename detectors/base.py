@@ -281,26 +281,32 @@ class Detector:
             [self._raw_components(X[s]) for s in iter_chunks(len(X))]
         )
 
-    def fit_normaliser(self, X_normal: np.ndarray) -> None:
-        """Fit the per-component scaling of the combined score on normal data."""
+    def fit_normaliser(self, X_normal: np.ndarray) -> ScoreComponents:
+        """Fit the per-component scaling of the combined score on normal data; returns the
+        raw components of ``X_normal`` so the self-check and threshold need not rescore it."""
         components = self._raw_in_chunks(X_normal)
         raw = components.raw()
         weights = {k: v for k, v in self.score_weights().items() if k in raw}
         self.normaliser_ = ScoreNormaliser(weights=weights).fit(
             raw, components.complexity, correct=self.complexity_corrected()
         )
+        return components
 
-    def self_check(self, X_normal: np.ndarray) -> dict[str, float]:
+    def self_check(
+        self, X_normal: np.ndarray, normal: ScoreComponents | None = None
+    ) -> dict[str, float]:
         """AUROC of every component (and the score) for normal records vs. locally corrupted
         copies of them (``detectors.selfcheck``); no real anomaly is involved.
 
         A weighted component below 0.5 ranks the corruptions as *more* normal: it is inverted
         on this data, so its weight is set to 0 and ``component_inverted`` is logged (shown
-        by ``anomaly info``), unless it is the only weighted component left.
+        by ``anomaly info``), unless it is the only weighted component left. ``normal``: the
+        raw components of ``X_normal`` when already computed.
         """
         from detectors.selfcheck import auroc, corrupt
 
-        normal = self._raw_in_chunks(X_normal)
+        if normal is None:
+            normal = self._raw_in_chunks(X_normal)
         broken = self._raw_in_chunks(corrupt(X_normal, getattr(self, "seed", 0)))
         z_normal = self.normaliser_.normalised(normal.raw(), normal.complexity)
         z_broken = self.normaliser_.normalised(broken.raw(), broken.complexity)
@@ -333,14 +339,22 @@ class Detector:
         """Components whose complexity bias the normaliser removes (none by default)."""
         return ()
 
-    def fit_threshold(self, X_normal: np.ndarray, target_fpr: float = 0.01) -> float:
+    def fit_threshold(
+        self,
+        X_normal: np.ndarray,
+        target_fpr: float = 0.01,
+        normal: ScoreComponents | None = None,
+    ) -> float:
         """``threshold_`` at the (1 - target_fpr) quantile of normal scores (PyOD's contamination).
 
         ``fit`` calls it on the normal validation split, so ``predict`` works right after
         ``fit``; a bundle later replaces it with the threshold fitted on its calibration split
         and keeps both in one place (the bundle's threshold history is what serving reads).
         """
-        self.decision_scores_ = self.score_samples(X_normal)
+        if normal is None:
+            self.decision_scores_ = self.score_samples(X_normal)
+        else:
+            self.decision_scores_ = self.normaliser_.combine(normal.raw(), normal.complexity)
         self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - target_fpr))
         return self.threshold_
 

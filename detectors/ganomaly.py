@@ -285,9 +285,9 @@ class GANomaly(GANDetector):
         self.latent_mean_ = latents.mean(axis=0)
         self.latent_std_ = latents.std(axis=0) + 1e-6
         self._fit_memory(X_model)
-        self.fit_normaliser(validation)
-        self.self_check(validation)
-        self.fit_threshold(validation)
+        normal = self.fit_normaliser(validation)
+        self.self_check(validation, normal)
+        self.fit_threshold(validation, normal=normal)
         return self
 
     # --- scoring ------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ class MemoryBank:
         self.bank_: np.ndarray | None = None
         self.kept_: np.ndarray | None = None
         self._sq_norms: np.ndarray | None = None
-        self._bank_twice: np.ndarray | None = None
 
     def _rows(self, features: np.ndarray) -> np.ndarray:
         if self.unit:
@@ -68,7 +67,6 @@ class MemoryBank:
     def _set(self, bank: np.ndarray) -> None:
         self.bank_ = np.ascontiguousarray(bank, dtype=np.float32)
         self._sq_norms = np.einsum("ij,ij->i", self.bank_, self.bank_)
-        self._bank_twice = 2.0 * self.bank_
 
     def neighbours(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean distance to the k nearest, index of the nearest) per row of ``features``."""
@@ -79,7 +77,8 @@ class MemoryBank:
         for start in range(0, len(query), QUERY_CHUNK):
             q = query[start : start + QUERY_CHUNK]
             # |q - b|^2 = |q|^2 - (2 q.b - |b|^2): rank by the bracket, in place, one pass
-            closeness = q @ self._bank_twice.T
+            closeness = q @ self.bank_.T
+            closeness *= 2.0
             closeness -= self._sq_norms[None]
             rows = np.arange(len(q))
             top = np.empty((len(q), k), np.float32)
