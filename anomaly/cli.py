@@ -135,8 +135,8 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != backend:
             raise AnomalyError("--backend must be chosen before Keras is loaded")
         os.environ["KERAS_BACKEND"] = backend
-    from anomaly.schema import Schema
-    from anomaly.training import train_bundle
+    from anomaly.model.schema import Schema
+    from anomaly.model.training import train_bundle
 
     params: dict[str, Any] = {
         "batch_size": opts["batch_size"],
@@ -157,7 +157,7 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
     labels = None
     extra: dict[str, Any] = {}
     if opts["images"] or _is_image_source(data):
-        from anomaly.imaging import load_training_images
+        from anomaly.imaging.readers import load_training_images
 
         channels = int(opts["channels"]) if opts["channels"] else None
         X, image_options = load_training_images(
@@ -166,7 +166,7 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         schema = Schema.image(*X.shape[1:])
         extra["image_preprocessing"] = image_options
     else:
-        from anomaly.tabular_io import read_table
+        from anomaly.tabular.readers import read_table
 
         label = None if opts["label_column"].lower() == "none" else opts["label_column"]
         table = read_table(
@@ -195,13 +195,13 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
 
 
 def _load_bundle(path: Path) -> Any:
-    from anomaly.bundle import Bundle
+    from anomaly.model.bundle import Bundle
 
     return Bundle.load(path)
 
 
 def _read_for_bundle(bundle: Any, data: Path, label_column: str | None, id_column: str) -> Any:
-    from anomaly.tabular_io import read_table
+    from anomaly.tabular.readers import read_table
 
     if bundle.schema.kind != "tabular":
         raise AnomalyError(
@@ -218,7 +218,7 @@ def _read_for_bundle(bundle: Any, data: Path, label_column: str | None, id_colum
 @click.option("--id-column", default="auto", show_default=True)
 def score(bundle_dir: Path, data: Path, out: Path, top_k: int, id_column: str) -> None:
     """Score a CSV / JSONL / NPZ file; writes id, score, components, is_anomaly, top features."""
-    from anomaly.batch import score_table, write_rows
+    from anomaly.tabular.batch import score_table, write_rows
 
     bundle = _load_bundle(bundle_dir)
     table = _read_for_bundle(bundle, data, None, id_column)
@@ -239,7 +239,7 @@ def evaluate(
     bundle_dir: Path, data: Path, label_column: str, plots: Path | None, json_out: Path | None
 ) -> None:
     """Evaluate on labelled data: ROC-AUC, AP, precision/recall/F1 at the bundle threshold."""
-    from anomaly.evaluation import evaluate_scores, write_plots
+    from anomaly.tabular.evaluation import evaluate_scores, write_plots
 
     bundle = _load_bundle(bundle_dir)
     table = _read_for_bundle(bundle, data, label_column, "auto")
@@ -283,12 +283,12 @@ def threshold(
     DATA is a CSV / JSONL / NPZ file for tabular bundles, or a folder / IDX / NPZ of normal
     images for image bundles (quantile and POT only: images carry no labels here).
     """
-    from anomaly.bundle import fingerprint
-    from anomaly.thresholds import fit_threshold
+    from anomaly.model.bundle import fingerprint
+    from anomaly.model.thresholds import fit_threshold
 
     bundle = _load_bundle(bundle_dir)
     if bundle.schema.kind == "image":
-        from anomaly.batch import image_scores
+        from anomaly.tabular.batch import image_scores
 
         scores, data_fingerprint = image_scores(bundle, data)
         labels = None
@@ -317,8 +317,8 @@ def threshold(
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
 def info(bundle_dir: Path, as_json: bool) -> None:
     """Print a bundle's manifest in human form."""
-    from anomaly.bundle import MANIFEST
-    from anomaly.report_text import describe_manifest
+    from anomaly.model.bundle import MANIFEST
+    from anomaly.model.describe import describe_manifest
 
     path = Path(bundle_dir) / MANIFEST
     if not path.is_file():
@@ -352,8 +352,8 @@ def score_images(
 
     Exit code 1 when any file could not be read (listed in errors.csv and the report).
     """
-    from anomaly.imaging import discover_files
-    from anomaly.report import score_images as score_to_report
+    from anomaly.imaging.readers import discover_files
+    from anomaly.imaging.report import score_images as score_to_report
 
     bundle = _load_bundle(bundle_dir)
     paths = discover_files(source)
@@ -380,7 +380,7 @@ def score_images(
 @click.option("--seed", type=int, default=0, show_default=True)
 def generate(bundle_dir: Path, n: int, out: Path, seed: int) -> None:
     """Sample synthetic normal records (CSV, original units) or images (PNG) for augmentation."""
-    from anomaly.generate import generate as write_samples
+    from anomaly.demo.generate import generate as write_samples
 
     bundle = _load_bundle(bundle_dir)
     files = write_samples(bundle, n, out, seed)
@@ -390,7 +390,7 @@ def generate(bundle_dir: Path, n: int, out: Path, seed: int) -> None:
 
 def _serve_options(command: Any) -> Any:
     """One --flag per ServeConfig setting (the config module owns names, defaults and docs)."""
-    from anomaly.config import SECRET_ONLY_SETTINGS, describe_settings
+    from anomaly.stream.config import SECRET_ONLY_SETTINGS, describe_settings
 
     for name, doc, default in reversed(describe_settings()):
         if name not in SECRET_ONLY_SETTINGS:
@@ -412,8 +412,8 @@ def _serve_options(command: Any) -> Any:
 @_serve_options
 def serve(config_file: Path | None, **flags: Any) -> None:
     """Score a Kafka topic with a bundle: alerts, dead letters, Prometheus metrics."""
-    from anomaly.config import load_serve_config
-    from anomaly.stream import serve as run_service
+    from anomaly.stream.config import load_serve_config
+    from anomaly.stream.service import serve as run_service
 
     sys.exit(run_service(load_serve_config(flags, config_file=config_file)))
 
@@ -429,7 +429,7 @@ def demo(
     out: Path | None, n_stream: int, epochs: int, metrics_port: int, linger: float, seed: int
 ) -> None:
     """Local broker + synthetic fraud + small model + serve, end to end in about a minute."""
-    from anomaly.demo import run_demo
+    from anomaly.demo.run import run_demo
 
     run_demo(
         out,

@@ -59,8 +59,8 @@ CLI = [sys.executable, "-m", "anomaly.cli"]
 
 
 def load_mnist(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The 10k MNIST test images (float32 NHWC in [0, 1], via anomaly.imaging) and labels."""
-    from anomaly.imaging import PreprocessOptions, iter_batches
+    """The 10k MNIST test images (float32 NHWC in [0, 1], anomaly.imaging.readers) and labels."""
+    from anomaly.imaging.readers import PreprocessOptions, iter_batches
 
     options = PreprocessOptions(28, 28, 1)
     parts = [
@@ -268,7 +268,7 @@ def example_report(images: np.ndarray, labels: np.ndarray, args: argparse.Namesp
 
     from PIL import Image
 
-    from anomaly.report import image_is_blank, screenshot
+    from anomaly.testing.browser import image_is_blank, screenshot
 
     digit, out = args.example_digit, args.out / "example"
     tr, te_norm, te_anom = split(labels, digit, 0)

@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import train_tiny_bundle  # noqa: E402
-from tests.reliability_scenarios import (  # noqa: E402
+from anomaly.testing.data import train_tiny_bundle  # noqa: E402
+from anomaly.testing.reliability import (  # noqa: E402
     Outcome,
     back_pressure,
     broker_restart,

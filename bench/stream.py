@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.structs import OffsetAndMetadata  # noqa: E402
 
-from anomaly import synthetic  # noqa: E402
-from anomaly.broker import LocalBroker, create_topic  # noqa: E402
+from anomaly.demo import synthetic  # noqa: E402
+from anomaly.demo.broker import LocalBroker, create_topic  # noqa: E402
 
 PARTITIONS = 3
 
@@ -47,7 +47,7 @@ OFFERED_LOAD = r"""
 import sys, time
 from kafka import KafkaProducer
 sys.path.insert(0, sys.argv[4])
-from anomaly import synthetic
+from anomaly.demo import synthetic
 bootstrap, topic, rate, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[5])
 data = synthetic.generate(int(rate * seconds), 0.01, seed=7)
 producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
@@ -112,7 +112,7 @@ def raw_loop(bootstrap: str, topic: str, n: int, group: str) -> float:
 
 
 def serve_config(bootstrap: str, bundle: Path, topic: str, group: str, scores: str | None):
-    from anomaly.config import load_serve_config
+    from anomaly.stream.config import load_serve_config
 
     return load_serve_config(
         {
@@ -134,8 +134,8 @@ def serve_loop(
     bootstrap: str, bundle_path: Path, topic: str, n: int, group: str, scores: str | None
 ) -> float:
     """records/s of the real StreamService over ``n`` records (first consumed → last committed)."""
-    from anomaly.bundle import Bundle
-    from anomaly.stream import StreamService
+    from anomaly.model.bundle import Bundle
+    from anomaly.stream.service import StreamService
 
     service = StreamService(
         serve_config(bootstrap, bundle_path, topic, group, scores), Bundle.load(bundle_path)
@@ -158,8 +158,8 @@ def serve_loop(
 
 
 def latency(bootstrap: str, bundle_path: Path, rate: float, seconds: float) -> dict[str, float]:
-    from anomaly.bundle import Bundle
-    from anomaly.stream import StreamService
+    from anomaly.model.bundle import Bundle
+    from anomaly.stream.service import StreamService
 
     topic, scores = f"bench-live-{int(time.time())}", f"bench-live-scores-{int(time.time())}"
     create_topic(bootstrap, topic, partitions=PARTITIONS)
@@ -212,8 +212,8 @@ def latency(bootstrap: str, bundle_path: Path, rate: float, seconds: float) -> d
 
 
 def train(out: Path) -> Path:
-    from anomaly.schema import Schema
-    from anomaly.training import train_bundle
+    from anomaly.model.schema import Schema
+    from anomaly.model.training import train_bundle
 
     data = synthetic.generate(6000, 0.0, seed=0)
     path = out / "bundle"

@@ -4,14 +4,14 @@ loopback port, or uses the broker named by ``KAFKA_BOOTSTRAP`` (host:port) inste
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
-from anomaly.broker import LocalBroker
+from anomaly.demo.broker import LocalBroker
+from anomaly.testing.data import train_tiny_bundle, unique_name
 
 # Property tests draw the same examples on every run unless HYPOTHESIS_PROFILE=explore:
 # CI stays reproducible, and exploring for new failures is a deliberate run whose finds are
@@ -33,49 +33,10 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.bootstrap
 
 
-def unique_name(prefix: str = "t") -> str:
-    """A topic or group name no other test (or earlier run on a shared broker) uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
 @pytest.fixture
 def unique() -> Callable[[str], str]:
     """Fixture form of ``unique_name``: ``unique("alerts")`` → ``alerts-1f2e…``."""
     return unique_name
-
-
-def make_tabular_data(n_normal: int = 600, n_anomalies: int = 60, seed: int = 0):
-    """Low-rank normal rows (5 features driven by 2 factors) and far-off anomalies."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    mixing = rng.normal(size=(2, 5))
-    normal = rng.normal(size=(n_normal, 2)) @ mixing + 0.05 * rng.normal(size=(n_normal, 5))
-    anomalies = rng.normal(size=(n_anomalies, 5)) * 3.0 + 4.0
-    return normal, anomalies
-
-
-FEATURES = ["f0", "f1", "f2", "f3", "amount"]
-
-
-def train_tiny_bundle(path: Path) -> Path:
-    """The suite's tiny tabular GANomaly (features f0..f3, amount), trained for 3 epochs."""
-    from anomaly.schema import Schema
-    from anomaly.training import train_bundle
-
-    normal, _ = make_tabular_data()
-    normal[:, 4] = abs(normal[:, 4]) * 100
-    train_bundle(
-        normal,
-        path,
-        Schema.tabular(FEATURES),
-        detector_params={"epochs": 3, "batch_size": 64, "hidden": (16, 8)},
-        log1p_columns=["amount"],
-        target_fpr=0.05,
-        seed=0,
-        name="tiny",
-    )
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from anomaly.alerts import AlertBuilder, Source, alert_id, encode, encode_key, load_schema
+from anomaly.stream.alerts import AlertBuilder, Source, alert_id, encode, encode_key, load_schema
 
 FEATURES = ["V1", "V2", "V3", "Amount"]
 

@@ -15,10 +15,10 @@ pytest.importorskip("jax")
 SCRIPT = r"""
 import json, sys
 import keras, numpy as np
-from anomaly.bundle import Bundle
-from anomaly.schema import Schema
-from anomaly.training import train_bundle
-from tests.conftest import FEATURES, make_tabular_data
+from anomaly.model.bundle import Bundle
+from anomaly.model.schema import Schema
+from anomaly.model.training import train_bundle
+from anomaly.testing.data import FEATURES, make_tabular_data
 
 assert keras.backend.backend() == "jax", keras.backend.backend()
 out, tf_bundle = sys.argv[1], sys.argv[2]
@@ -57,8 +57,8 @@ def test_train_save_load_score_under_jax(tmp_path, tiny_bundle):
     assert min(result["scores"][20:]) > sorted(result["scores"][:20])[10]
 
     # the TensorFlow-trained bundle scores the same under JAX as under TensorFlow
-    from anomaly.bundle import Bundle
-    from tests.conftest import make_tabular_data
+    from anomaly.model.bundle import Bundle
+    from anomaly.testing.data import make_tabular_data
 
     normal, anomalies = make_tabular_data()
     import numpy as np
@@ -71,7 +71,7 @@ def test_train_save_load_score_under_jax(tmp_path, tiny_bundle):
 def test_cli_train_backend_option_selects_jax(tmp_path):
     import numpy as np
 
-    from tests.conftest import FEATURES, make_tabular_data
+    from anomaly.testing.data import FEATURES, make_tabular_data
 
     normal, _ = make_tabular_data(300, 0)
     data = tmp_path / "normal.csv"

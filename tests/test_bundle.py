@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from anomaly.bundle import MANIFEST, Bundle
 from anomaly.errors import BundleError
-from tests.conftest import make_tabular_data
+from anomaly.model.bundle import MANIFEST, Bundle
+from anomaly.testing.data import make_tabular_data
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from anomaly.cli import main
-from tests.conftest import FEATURES, make_tabular_data
+from anomaly.testing.data import FEATURES, make_tabular_data
 
 
 def _write_csv(path, rows, labels=None, extra=None):
@@ -228,7 +228,7 @@ def test_any_bytes_in_a_data_file_give_a_table_or_an_input_error(tmp_path, suffi
     from hypothesis import strategies as st
 
     from anomaly.errors import InputError
-    from anomaly.tabular_io import read_table
+    from anomaly.tabular.readers import read_table
 
     seeds = {
         ".csv": b"id,f0,f1,Class\n1,0.5,2,0\n2,1e3,-1,1\n",

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from anomaly.config import ConfigError, Secret, load_serve_config
+from anomaly.stream.config import ConfigError, Secret, load_serve_config
 
 REQUIRED = {
     "bundle": "b",

@@ -315,7 +315,7 @@ def test_compose_topic_creation_script_is_valid_shell_and_creates_the_service_to
 
 
 def test_compose_service_environment_is_a_valid_serve_config():
-    from anomaly.config import load_serve_config
+    from anomaly.stream.config import load_serve_config
 
     env = {k: str(v) for k, v in load_compose()["services"]["anomaly"]["environment"].items()}
     config = load_serve_config(env=env)
@@ -376,7 +376,7 @@ def test_dockerfile_serve_image_is_slim_non_root_with_healthcheck():
 def test_dockerfile_env_names_are_serve_settings_and_copies_exist():
     import dataclasses
 
-    from anomaly.config import ServeConfig
+    from anomaly.stream.config import ServeConfig
 
     fields = {f.name for f in dataclasses.fields(ServeConfig)}
     for _, instructions in dockerfile_stages():
@@ -592,7 +592,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
 
 def test_dashboard_and_rules_metrics_are_defined_in_the_metrics_module():
     """Offline half of the consistency check: every name resolves against anomaly.metrics."""
-    from anomaly.metrics import Metrics
+    from anomaly.stream.metrics import Metrics
 
     families = exported_families(Metrics().exposition().decode())
     missing = {
@@ -600,7 +600,7 @@ def test_dashboard_and_rules_metrics_are_defined_in_the_metrics_module():
         for name, uses in referenced_metric_names().items()
         if name not in PROMETHEUS_BUILTINS and resolve(name, families, need_samples=False) is None
     }
-    assert not missing, f"not exported by anomaly/metrics.py: {missing}"
+    assert not missing, f"not exported by anomaly/stream/metrics.py: {missing}"
 
 
 # --------------------------------------------------------------------------- Kubernetes
@@ -754,7 +754,7 @@ def test_k8s_kustomization_lists_every_service_manifest():
 
 
 def test_k8s_manifests_agree_with_each_other_and_the_serve_config(tmp_path):
-    from anomaly.config import load_serve_config
+    from anomaly.stream.config import load_serve_config
 
     configmap = k8s_kind("ConfigMap")
     config_file = tmp_path / "serve.yaml"
@@ -818,9 +818,9 @@ def test_every_dashboard_and_rule_metric_is_in_a_live_scrape(
     import signal
     import urllib.request
 
-    from anomaly.broker import create_topic
-    from tests.conftest import FEATURES, make_tabular_data, unique_name
-    from tests.kafka_helpers import ServeProcess, metric_sum, produce, wait_until
+    from anomaly.demo.broker import create_topic
+    from anomaly.testing.data import FEATURES, make_tabular_data, unique_name
+    from anomaly.testing.kafka import ServeProcess, metric_sum, produce, wait_until
 
     topics = {name: unique_name(name) for name in ("input", "alerts", "dlq", "scores", "group")}
     create_topic(kafka_bootstrap, topics["input"], partitions=2)

@@ -33,16 +33,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from anomaly import records
-from anomaly.broker import create_topic
-from anomaly.bundle import MANIFEST, Bundle
-from anomaly.config import load_serve_config
+from anomaly.demo.broker import create_topic
 from anomaly.errors import BundleError, RecordError
-from anomaly.imaging import ImageReadError, read_file
-from anomaly.metrics import Metrics, MetricsServer
-from tests.conftest import FEATURES, unique_name
-from tests.kafka_helpers import produce, read_topic, wait_until
-from tests.reliability_scenarios import Serve, make_records
+from anomaly.imaging.readers import ImageReadError, read_file
+from anomaly.model.bundle import MANIFEST, Bundle
+from anomaly.stream import records
+from anomaly.stream.config import load_serve_config
+from anomaly.stream.metrics import Metrics, MetricsServer
+from anomaly.testing.data import FEATURES, unique_name
+from anomaly.testing.kafka import produce, read_topic, wait_until
+from anomaly.testing.reliability import Serve, make_records
 
 IMAGE_REASONS = {
     "unreadable",
@@ -79,7 +79,7 @@ def _npz() -> bytes:
 def _dicom() -> bytes:
     import tempfile
 
-    from imaging_fixtures import write_dicom
+    from anomaly.testing.images import write_dicom
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "x.dcm"
@@ -154,7 +154,7 @@ def _gzip_corrupted() -> bytes:
 
 def _valid_dicom_bytes(old: bytes, new: bytes) -> bytes:
     """A small valid DICOM file with one byte string replaced (it must occur exactly once)."""
-    from tests.imaging_fixtures import write_dicom
+    from anomaly.testing.images import write_dicom
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "x.dcm"

@@ -1,4 +1,4 @@
-"""anomaly.imaging on real files: DICOM (pydicom-written), PNG, IDX, NPZ."""
+"""anomaly.imaging.readers on real files: DICOM (pydicom-written), PNG, IDX, NPZ."""
 
 from __future__ import annotations
 
@@ -8,18 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imaging_fixtures import (
-    cross_image,
-    disc_image,
-    normal_discs,
-    to_stored,
-    write_dicom,
-    write_png,
-    write_truncated_png,
-)
 from PIL import Image
 
-from anomaly.imaging import (
+from anomaly.imaging.readers import (
     ImageReadError,
     PreprocessOptions,
     discover_files,
@@ -27,6 +18,15 @@ from anomaly.imaging import (
     load_training_images,
     preprocess,
     read_file,
+)
+from anomaly.testing.images import (
+    cross_image,
+    disc_image,
+    normal_discs,
+    to_stored,
+    write_dicom,
+    write_png,
+    write_truncated_png,
 )
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "images"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from anomaly.metrics import Metrics, MetricsServer
+from anomaly.stream.metrics import Metrics, MetricsServer
 
 CONTRACT = {
     "anomaly_records_consumed": "counter",

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anomaly import records
 from anomaly.errors import RecordError
-from anomaly.records import RecordDecoder, nesting_depth
+from anomaly.stream import records
+from anomaly.stream.records import RecordDecoder, nesting_depth
 
 NAMES = ["V1", "V2", "Amount"]
 

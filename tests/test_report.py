@@ -1,4 +1,4 @@
-"""anomaly.report: CSVs, thumbnails and index.html from arrays; rendering in headless Chromium."""
+"""anomaly.imaging.report: CSVs, thumbnails and index.html; rendering in headless Chromium."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imaging_fixtures import cross_image, normal_discs
 from PIL import Image
 
-from anomaly.imaging import ImageMeta, ImageReadError
-from anomaly.report import CHROMIUM, heatmap_overlay, image_is_blank, screenshot, write_report
+from anomaly.imaging.readers import ImageMeta, ImageReadError
+from anomaly.imaging.report import heatmap_overlay, write_report
+from anomaly.testing.browser import CHROMIUM, image_is_blank, screenshot
+from anomaly.testing.images import cross_image, normal_discs
 
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
@@ -158,9 +159,15 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 def scored(tmp_path_factory):
     import pydicom
     from click.testing import CliRunner
-    from imaging_fixtures import disc_image, to_stored, write_dicom, write_png, write_truncated_png
 
     from anomaly.cli import main
+    from anomaly.testing.images import (
+        disc_image,
+        to_stored,
+        write_dicom,
+        write_png,
+        write_truncated_png,
+    )
 
     root = tmp_path_factory.mktemp("e2e")
     for i, img in enumerate(normal_discs(160, 16, seed=1)):

@@ -18,14 +18,14 @@ import jsonschema
 import numpy as np
 import pytest
 
-from anomaly.alerts import load_schema
-from anomaly.broker import create_topic
-from anomaly.bundle import Bundle
-from anomaly.config import load_serve_config
-from anomaly.metrics import Metrics, MetricsServer
-from anomaly.stream import StreamService
-from tests.conftest import FEATURES, make_tabular_data, unique_name
-from tests.kafka_helpers import (
+from anomaly.demo.broker import create_topic
+from anomaly.model.bundle import Bundle
+from anomaly.stream.alerts import load_schema
+from anomaly.stream.config import load_serve_config
+from anomaly.stream.metrics import Metrics, MetricsServer
+from anomaly.stream.service import StreamService
+from anomaly.testing.data import FEATURES, make_tabular_data, unique_name
+from anomaly.testing.kafka import (
     ServeProcess,
     committed,
     metric_sum,
@@ -229,7 +229,7 @@ def test_threshold_refit_is_picked_up_live(kafka_bootstrap, tiny_bundle, tmp_pat
     served = Bundle.load(bundle_dir)
     old = served.threshold
     runner = ServiceThread(config, served)
-    caplog.set_level(logging.INFO, logger="anomaly.stream")
+    caplog.set_level(logging.INFO, logger="anomaly.stream.service")
     try:
         produce(kafka_bootstrap, topics["input_topic"], first)
         assert wait_until(lambda: runner.service.records_consumed >= 100, 60)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from anomaly.errors import AnomalyError
-from anomaly.thresholds import fit_threshold, implied_rates, pot_threshold, quantile_threshold
+from anomaly.model.thresholds import fit_threshold, implied_rates, pot_threshold, quantile_threshold
 
 
 def test_quantile_meets_the_target_fpr():

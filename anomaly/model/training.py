@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from anomaly.bundle import Bundle, fingerprint
 from anomaly.errors import AnomalyError
-from anomaly.preprocessing import TabularPreprocessor
-from anomaly.schema import Schema
-from anomaly.thresholds import fit_threshold
+from anomaly.model.bundle import Bundle, fingerprint
+from anomaly.model.preprocessing import TabularPreprocessor
+from anomaly.model.schema import Schema
+from anomaly.model.thresholds import fit_threshold
 
-log = logging.getLogger("anomaly.training")
+log = logging.getLogger("anomaly.model.training")
 
 
 def split_normal(

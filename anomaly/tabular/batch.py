@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from anomaly.bundle import Bundle
 from anomaly.errors import AnomalyError
-from anomaly.tabular_io import Table
+from anomaly.model.bundle import Bundle
+from anomaly.tabular.readers import Table
 
 CHUNK = 4096
 
@@ -82,8 +82,8 @@ def image_scores(
     """
     import hashlib
 
-    from anomaly.imaging import discover_files, iter_batches
-    from anomaly.report import bundle_image_options
+    from anomaly.imaging.readers import discover_files, iter_batches
+    from anomaly.imaging.report import bundle_image_options
 
     files = discover_files(source)
     if not files:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.errors import AnomalyError
-from anomaly.metrics import DEFAULT_HOST, DEFAULT_PORT
-from anomaly.records import DEFAULT_MAX_BYTES
+from anomaly.stream.metrics import DEFAULT_HOST, DEFAULT_PORT
+from anomaly.stream.records import DEFAULT_MAX_BYTES
 
 ENV_PREFIX = "ANOMALY_"
 CONFIG_ENV = "ANOMALY_CONFIG"

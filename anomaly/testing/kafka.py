@@ -17,7 +17,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from anomaly.broker import free_port
+from anomaly.demo.broker import free_port
 
 FAST_GROUP = ["--session-timeout-ms", "4000", "--heartbeat-interval-ms", "500"]
 

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from anomaly.errors import BundleError
-from anomaly.preprocessing import TabularPreprocessor
-from anomaly.schema import Schema
+from anomaly.model.preprocessing import TabularPreprocessor
+from anomaly.model.schema import Schema
 
-log = logging.getLogger("anomaly.bundle")
+log = logging.getLogger("anomaly.model.bundle")
 
 MANIFEST = "manifest.json"
 MODEL_DIR = "model"

@@ -39,13 +39,13 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
-from anomaly.alerts import AlertBuilder, Source, encode
-from anomaly.config import ServeConfig
 from anomaly.errors import AnomalyError, RecordError
-from anomaly.metrics import Metrics, MetricsServer
-from anomaly.records import RecordDecoder
+from anomaly.stream.alerts import AlertBuilder, Source, encode
+from anomaly.stream.config import ServeConfig
+from anomaly.stream.metrics import Metrics, MetricsServer
+from anomaly.stream.records import RecordDecoder
 
-log = logging.getLogger("anomaly.stream")
+log = logging.getLogger("anomaly.stream.service")
 
 UNSCORABLE = "unscorable"
 STAGE_DECODE = b"VALUE_CONVERTER"
@@ -678,7 +678,7 @@ def backend_info() -> tuple[str, str]:
 
 def serve(config: ServeConfig, *, on_ready: Callable[[MetricsServer], None] | None = None) -> int:
     """Run ``anomaly serve``: metrics server, bundle, loop; returns the process exit status."""
-    from anomaly.bundle import Bundle
+    from anomaly.model.bundle import Bundle
 
     configure_logging(config.log_format, config.log_level)
     log.info("configuration", extra={"event": "config", "config": repr(config)})

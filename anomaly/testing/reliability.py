@@ -9,7 +9,7 @@ letter), duplicates (and per crash, where crashes are injected), max RSS of the 
 processes, and scenario-specific details. Accounting reads the output topics back from the
 broker; it never trusts the service's own counters alone.
 
-Run ``python -m tests.reliability_scenarios produce BOOTSTRAP TOPIC N SEED`` to produce ``N``
+Run ``python -m anomaly.testing.reliability produce BOOTSTRAP TOPIC N SEED`` to produce ``N``
 records at full speed from a separate process (the soak's load generator).
 """
 
@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from anomaly.broker import LocalBroker, create_topic, free_port
-from tests.conftest import FEATURES
-from tests.kafka_helpers import committed, metric_sum, scrape, wait_until
+from anomaly.demo.broker import LocalBroker, create_topic, free_port
+from anomaly.testing.data import FEATURES
+from anomaly.testing.kafka import committed, metric_sum, scrape, wait_until
 
 Source = tuple[int, int]  # (partition, offset) in the input topic
 
@@ -963,7 +963,7 @@ def soak(
             [
                 sys.executable,
                 "-m",
-                "tests.reliability_scenarios",
+                "anomaly.testing.reliability",
                 "produce",
                 broker.bootstrap,
                 topics["input_topic"],

@@ -1,7 +1,7 @@
 """``anomaly demo``: the newcomer's first minute, end to end on one machine.
 
 Starts a local Kafka-protocol broker (Tansu) on a free loopback port, trains a small GANomaly
-bundle on synthetic normal card transactions (``anomaly.synthetic``), streams held-out
+bundle on synthetic normal card transactions (``anomaly.demo.synthetic``), streams held-out
 transactions with injected fraud through the same loop as ``anomaly serve``, prints the
 alerts with their top features, how many frauds they caught, and the metrics URL, then stops
 everything. No data from outside the package is needed.
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from anomaly import synthetic
-from anomaly.broker import LocalBroker, create_topic
-from anomaly.config import load_serve_config
-from anomaly.metrics import Metrics, MetricsServer
-from anomaly.stream import (
+from anomaly.demo import synthetic
+from anomaly.demo.broker import LocalBroker, create_topic
+from anomaly.stream.config import load_serve_config
+from anomaly.stream.metrics import Metrics, MetricsServer
+from anomaly.stream.service import (
     StreamService,
     backend_info,
     configure_logging,
@@ -45,8 +45,8 @@ class DemoResult:
 
 
 def _train(out: Path, n_train: int, epochs: int, seed: int) -> Path:
-    from anomaly.schema import Schema
-    from anomaly.training import train_bundle
+    from anomaly.model.schema import Schema
+    from anomaly.model.training import train_bundle
 
     normal = synthetic.generate(n_train, fraud_rate=0.0, seed=seed)
     path = out / "bundle"
@@ -59,7 +59,7 @@ def _train(out: Path, n_train: int, epochs: int, seed: int) -> Path:
         target_fpr=0.01,
         seed=seed,
         name="demo-fraud",
-        source="anomaly.synthetic",
+        source="anomaly.demo.synthetic",
     )
     return path
 
@@ -147,7 +147,7 @@ def run_demo(
             },
             env={},
         )
-        from anomaly.bundle import Bundle
+        from anomaly.model.bundle import Bundle
 
         bundle = Bundle.load(bundle_path)
         metrics = Metrics()
