@@ -85,9 +85,15 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def detector_scores(
-    images: np.ndarray, tr: np.ndarray, test_idx: np.ndarray, seed: int, work: Path
+    images: np.ndarray,
+    tr: np.ndarray,
+    test_idx: np.ndarray,
+    seed: int,
+    work: Path,
+    intensity: str = "none",
 ) -> tuple[dict[str, np.ndarray], float]:
-    """Train and score through the CLI at its defaults; returns (scores by column, train s)."""
+    """Train and score through the CLI at its defaults (``intensity`` aside, for the study of
+    that one option); returns (scores by column, train s)."""
     work.mkdir(parents=True, exist_ok=True)
     np.savez(work / "train.npz", images=to_uint8(images[tr]))
     np.savez(work / "test.npz", images=to_uint8(images[test_idx]))
@@ -95,7 +101,7 @@ def detector_scores(
     started = time.perf_counter()
     subprocess.run(
         [*CLI, "train", str(work / "train.npz"), "--images", "--out", str(bundle)]
-        + ["--seed", str(seed), "--quiet"],
+        + ["--seed", str(seed), "--intensity", intensity, "--quiet"],
         check=True,
     )
     train_s = time.perf_counter() - started
@@ -179,15 +185,26 @@ def anchor_scores(train: np.ndarray, test: np.ndarray, seed: int) -> dict[str, n
     return out
 
 
-def run_one(images: np.ndarray, labels: np.ndarray, digit: int, seed: int, work: Path) -> dict:
+def run_one(
+    images: np.ndarray,
+    labels: np.ndarray,
+    digit: int,
+    seed: int,
+    work: Path,
+    intensity: str = "none",
+) -> dict:
+    """One digit and seed; the anchors only at the default intensity (they do not use it)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     tr, te_norm, te_anom = split(labels, digit, seed)
     test_idx = np.concatenate([te_norm, te_anom])
     y = np.concatenate([np.zeros(len(te_norm)), np.ones(len(te_anom))])
-    scores, train_s = detector_scores(images, tr, test_idx, seed, work / f"d{digit}_s{seed}")
+    scores, train_s = detector_scores(
+        images, tr, test_idx, seed, work / f"d{digit}_s{seed}", intensity
+    )
     started = time.perf_counter()
-    scores.update(anchor_scores(images[tr], images[test_idx], seed))
+    if intensity == "none":
+        scores.update(anchor_scores(images[tr], images[test_idx], seed))
     result: dict = {
         "digit": digit,
         "seed": seed,
@@ -196,6 +213,7 @@ def run_one(images: np.ndarray, labels: np.ndarray, digit: int, seed: int, work:
         "n_train": len(tr),
         "n_test_normal": len(te_norm),
         "n_test_anomalous": len(te_anom),
+        "intensity": intensity,
     }
     for name, values in scores.items():
         result[f"auc_{name}"] = float(roc_auc_score(y, values))
@@ -312,13 +330,26 @@ def main() -> None:
     parser.add_argument(
         "--summarise-only", action="store_true", help="Only rebuild summary.md from results."
     )
+    parser.add_argument(
+        "--intensity",
+        choices=("none", "stretch", "zscore"),
+        default="none",
+        help="Train the detector with this --intensity (anchors skipped unless none).",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=ROOT / "bench" / "results" / "mnist" / "results.jsonl",
+        help="Default-intensity rows that --intensity runs are compared with.",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
     if args.summarise_only:
         rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-        (args.out / "summary.md").write_text(summarise(rows))
-        print(summarise(rows))
+        summary = summarise(rows) if args.intensity == "none" else intensity_summary(rows, args)
+        (args.out / "summary.md").write_text(summary)
+        print(summary)
         return
 
     import keras
@@ -336,14 +367,47 @@ def main() -> None:
         for digit in [int(d) for d in args.digits.split(",")]:
             if (digit, seed) in done:
                 continue
-            row = run_one(images, labels, digit, seed, args.out / "runs")
+            row = run_one(images, labels, digit, seed, args.out / "runs", args.intensity)
             row["backend"] = keras.backend.backend()
             print(json.dumps(row), flush=True)
             with open(results, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    (args.out / "summary.md").write_text(summarise(rows))
-    print(summarise(rows))
+    summary = summarise(rows) if args.intensity == "none" else intensity_summary(rows, args)
+    (args.out / "summary.md").write_text(summary)
+    print(summary)
+
+
+def intensity_summary(rows: list[dict], args: argparse.Namespace) -> str:
+    """The detector's score AUROC per digit at ``args.intensity`` beside the default runs
+    (``--baseline``) of the same digits and seeds."""
+    base = {
+        (r["digit"], r["seed"]): r
+        for r in map(json.loads, args.baseline.read_text().splitlines())
+        if r.get("intensity", "none") == "none"
+    }
+    pairs = [(base[(r["digit"], r["seed"])], r) for r in rows if (r["digit"], r["seed"]) in base]
+    lines = [
+        f"| digit | seeds | none | {args.intensity} |",
+        "|---|---|---|---|",
+    ]
+    for d in sorted({b["digit"] for b, _ in pairs}):
+        sub = [(b, r) for b, r in pairs if b["digit"] == d]
+        seeds = ",".join(str(b["seed"]) for b, _ in sub)
+        none_auc = np.mean([b["auc_score"] for b, _ in sub])
+        mode_auc = np.mean([r["auc_score"] for _, r in sub])
+        lines.append(f"| {d} | {seeds} | {none_auc:.3f} | {mode_auc:.3f} |")
+    means = [np.mean([p[i]["auc_score"] for p in pairs]) for i in (0, 1)]
+    worst = [
+        min(
+            np.mean([p[i]["auc_score"] for p in pairs if p[0]["digit"] == d])
+            for d in {b["digit"] for b, _ in pairs}
+        )
+        for i in (0, 1)
+    ]
+    lines.append(f"| **mean** | | **{means[0]:.3f}** | **{means[1]:.3f}** |")
+    lines.append(f"| **worst digit** | | **{worst[0]:.3f}** | **{worst[1]:.3f}** |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
