@@ -35,6 +35,15 @@ def _csv_list(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
+def _devices(value: str) -> int | str:
+    """``--devices``: a positive count or ``all``."""
+    if value.strip().lower() == "all":
+        return "all"
+    if value.strip().isdigit() and int(value) >= 1:
+        return int(value)
+    raise click.BadParameter(f"expected a positive number or 'all', got {value!r}")
+
+
 def _weights(value: str | None) -> dict[str, float] | None:
     if not value:
         return None
@@ -123,6 +132,14 @@ def _is_image_source(path: Path) -> bool:
 @click.option("--name", default=None, help="Model name (default: the bundle dir name).")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute (GPUs only).")
 @click.option(
+    "--devices",
+    default="1",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _devices(value),
+    help="Train data-parallel on N devices or 'all' (JAX backend: add --backend jax); "
+    "the batch size must be a multiple of N.",
+)
+@click.option(
     "--backend",
     type=click.Choice(["tensorflow", "jax", "torch"]),
     default=None,
@@ -186,6 +203,7 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         seed=opts["seed"],
         name=opts["name"],
         source=str(data),
+        devices=opts["devices"],
         **extra,
     )
     click.echo(

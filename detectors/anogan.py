@@ -20,7 +20,15 @@ from keras import ops
 from detectors import networks
 from detectors.base import GANDetector, ScoreComponents, ScoreNormaliser, iter_chunks, pad_to_bucket
 from detectors.losses import bce_with_logits, call_frozen, per_sample_mean
-from detectors.training import StabilityMonitor, early_stopping, set_mixed_precision
+from detectors.training import (
+    StabilityMonitor,
+    data_parallel,
+    early_stopping,
+    resolve_devices,
+    set_mixed_precision,
+    shardable,
+    weight_devices,
+)
 
 
 class AnoGANNet(keras.Model):
@@ -186,6 +194,7 @@ class AnoGAN(GANDetector):
         mixed_precision: bool = False,
         seed: int | None = 0,
         verbose: int = 0,
+        devices: int | str = 1,
     ) -> None:
         super().__init__()
         if mode not in ("search", "encoder"):
@@ -211,6 +220,8 @@ class AnoGAN(GANDetector):
         self.mixed_precision = mixed_precision
         self.seed = seed
         self.verbose = verbose
+        # training resource, not a model parameter: left out of get_params and the bundle
+        self.devices = devices
         self._residual_model: keras.Model | None = None
         self._search: LatentSearch | None = None
 
@@ -277,41 +288,45 @@ class AnoGAN(GANDetector):
         X = np.asarray(X, dtype=np.float32)
         X_model, val_model, validation = self._prepare_fit(X, validation)
         epochs = epochs or self.epochs
-        self.subnets_ = s = self._build_subnets()
+        devices = resolve_devices(self.devices, self.batch_size)
+        X_fit, val_fit = shardable(X_model, devices), shardable(val_model, devices)
         latent = self._resolved_latent_dim()
 
-        gan = AnoGANNet(s["generator"], s["discriminator"], latent, self.seed)
-        gan.compile(optimizer=keras.optimizers.Adam(self.learning_rate, beta_1=self.beta_1))
-        fixed_z = np.random.default_rng(self.seed).normal(size=(min(512, len(val_model)), latent))
-        fixed_z = fixed_z.astype("float32")
+        with data_parallel(devices):
+            self.subnets_ = s = self._build_subnets()
+            gan = AnoGANNet(s["generator"], s["discriminator"], latent, self.seed)
+            gan.compile(optimizer=keras.optimizers.Adam(self.learning_rate, beta_1=self.beta_1))
+            n_fixed = len(shardable(val_fit[:512], devices))
+            fixed_z = np.random.default_rng(self.seed).normal(size=(n_fixed, latent))
+            fixed_z = fixed_z.astype("float32")
 
-        monitor = StabilityMonitor(
-            sample=val_model[: len(fixed_z)],
-            generate=lambda _: s["generator"].predict_on_batch(fixed_z),
-            reinit_discriminator=lambda: networks.reinitialise(
-                s["discriminator"], self._build_discriminator
-            ),
-            d_collapse_threshold=self.d_collapse_threshold,
-        )
-        gan.fit(
-            X_model,
-            epochs=epochs,
-            batch_size=self.batch_size,
-            shuffle=True,
-            verbose=self.verbose,
-            callbacks=[monitor],
-        )
-        izi = IziEncoderNet(s["encoder"], s["generator"], s["discriminator"], self.kappa)
-        izi.compile(optimizer=keras.optimizers.Adam(self.learning_rate * 5, beta_1=0.9))
-        history = izi.fit(
-            X_model,
-            validation_data=(val_model,),
-            epochs=self.encoder_epochs or epochs,
-            batch_size=self.batch_size,
-            shuffle=True,
-            verbose=self.verbose,
-            callbacks=[early_stopping("val_rec", self.patience)],
-        )
+            monitor = StabilityMonitor(
+                sample=val_fit[:n_fixed],
+                generate=lambda _: s["generator"].predict_on_batch(fixed_z),
+                reinit_discriminator=lambda: networks.reinitialise(
+                    s["discriminator"], self._build_discriminator
+                ),
+                d_collapse_threshold=self.d_collapse_threshold,
+            )
+            gan.fit(
+                X_fit,
+                epochs=epochs,
+                batch_size=self.batch_size,
+                shuffle=True,
+                verbose=self.verbose,
+                callbacks=[monitor],
+            )
+            izi = IziEncoderNet(s["encoder"], s["generator"], s["discriminator"], self.kappa)
+            izi.compile(optimizer=keras.optimizers.Adam(self.learning_rate * 5, beta_1=0.9))
+            history = izi.fit(
+                X_fit,
+                validation_data=(val_fit,),
+                epochs=self.encoder_epochs or epochs,
+                batch_size=self.batch_size,
+                shuffle=True,
+                verbose=self.verbose,
+                callbacks=[early_stopping("val_rec", self.patience)],
+            )
         s["generator"].trainable = True
         s["discriminator"].trainable = True
         set_mixed_precision(False)
@@ -321,6 +336,10 @@ class AnoGAN(GANDetector):
                 zip(history.history["rec"], history.history["val_rec"], strict=True)
             )
         ]
+        if devices:
+            self.training_log_.append(
+                {"phase": "data_parallel", "devices": devices, "weights_on": weight_devices(gan)}
+            )
         self._residual_model = None
         self._search = None
         self.fit_normaliser(validation)

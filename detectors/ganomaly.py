@@ -26,7 +26,15 @@ from detectors.base import (
 )
 from detectors.losses import bce_with_logits, call_frozen, per_sample_mean
 from detectors.memory import MemoryBank, unit_rows
-from detectors.training import StabilityMonitor, early_stopping, set_mixed_precision
+from detectors.training import (
+    StabilityMonitor,
+    data_parallel,
+    early_stopping,
+    resolve_devices,
+    set_mixed_precision,
+    shardable,
+    weight_devices,
+)
 
 DEFAULT_WEIGHTS = {
     "encoder_knn": 1.0,
@@ -162,12 +170,15 @@ class GANomaly(GANDetector):
         mixed_precision: bool = False,
         seed: int | None = 0,
         verbose: int = 0,
+        devices: int | str = 1,
     ) -> None:
         super().__init__()
         self.variant = variant
         self.latent_dim = latent_dim
         self.hidden = tuple(hidden)
         self.filters = filters
+        # training resource, not a model parameter: left out of get_params and the bundle
+        self.devices = devices
         self.w_adv, self.w_con, self.w_enc = w_adv, w_con, w_enc
         self.learning_rate = learning_rate
         self.beta_1 = beta_1
@@ -248,33 +259,40 @@ class GANomaly(GANDetector):
         if self.variant != "auto" and (self.variant == "conv") != expect_image:
             raise ValueError(f"variant {self.variant!r} does not fit input of shape {X.shape}")
         X_model, val_model, validation = self._prepare_fit(X, validation)
+        devices = resolve_devices(self.devices, self.batch_size)
 
-        self.subnets_ = self._build_subnets()
-        net = GANomalyNet(
-            self.subnets_, self._build_discriminator, self.w_adv, self.w_con, self.w_enc
-        )
-        net.compile(
-            optimizer=keras.optimizers.Adam(self.learning_rate, beta_1=self.beta_1),
-            jit_compile="auto",
-        )
-        monitor = StabilityMonitor(
-            sample=val_model[:512],
-            generate=lambda s: net.decoder.predict_on_batch(net.encoder.predict_on_batch(s)),
-            reinit_discriminator=net.reinitialise_discriminator,
-            d_collapse_threshold=self.d_collapse_threshold,
-        )
-        net.fit(
-            X_model,
-            validation_data=(val_model,),
-            epochs=epochs or self.epochs or (IMAGE_EPOCHS if self.is_image else RECORD_EPOCHS),
-            batch_size=self.batch_size,
-            shuffle=True,
-            verbose=self.verbose,
-            # early stopping first: it restores the best weights before the monitor's verdict
-            callbacks=[early_stopping("val_con", self.patience), monitor],
-        )
+        with data_parallel(devices):
+            self.subnets_ = self._build_subnets()
+            net = GANomalyNet(
+                self.subnets_, self._build_discriminator, self.w_adv, self.w_con, self.w_enc
+            )
+            net.compile(
+                optimizer=keras.optimizers.Adam(self.learning_rate, beta_1=self.beta_1),
+                jit_compile="auto",
+            )
+            val_fit = shardable(val_model, devices)
+            monitor = StabilityMonitor(
+                sample=shardable(val_model[:512], devices),
+                generate=lambda s: net.decoder.predict_on_batch(net.encoder.predict_on_batch(s)),
+                reinit_discriminator=net.reinitialise_discriminator,
+                d_collapse_threshold=self.d_collapse_threshold,
+            )
+            net.fit(
+                shardable(X_model, devices),
+                validation_data=(val_fit,),
+                epochs=epochs or self.epochs or (IMAGE_EPOCHS if self.is_image else RECORD_EPOCHS),
+                batch_size=self.batch_size,
+                shuffle=True,
+                verbose=self.verbose,
+                # early stopping first: it restores the best weights before the monitor's verdict
+                callbacks=[early_stopping("val_con", self.patience), monitor],
+            )
         set_mixed_precision(False)
         self.training_log_ = monitor.history
+        if devices:
+            self.training_log_.append(
+                {"phase": "data_parallel", "devices": devices, "weights_on": weight_devices(net)}
+            )
         self._scorer = None
         latents = np.concatenate(
             [

@@ -1,9 +1,11 @@
-"""Training helpers shared by the GAN detectors: seeding, the stability monitor, callbacks."""
+"""Training helpers shared by the GAN detectors: seeding, the stability monitor, callbacks,
+data-parallel training over several devices."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -125,3 +127,83 @@ def early_stopping(monitor: str, patience: int) -> keras.callbacks.EarlyStopping
     return keras.callbacks.EarlyStopping(
         monitor=monitor, mode="min", patience=patience, restore_best_weights=True
     )
+
+
+def resolve_devices(devices: int | str | None, batch_size: int) -> list[str]:
+    """The devices a fit runs on: ``1`` / ``None`` one device, ``N`` the first N, ``"all"``.
+
+    Data-parallel training uses Keras 3's ``keras.distribution.DataParallel``, which only the
+    JAX backend implements (Keras 3.15's TensorFlow distribution module is a prototype marked
+    "do not use"), so more than one device on another backend is refused with what to do.
+    Every batch is split evenly over the devices, so the batch size must be a multiple of
+    their number.
+    """
+    if devices in (None, 1, "1"):
+        return []
+    backend = keras.backend.backend()
+    if str(devices).lower() == "all":
+        try:
+            found = keras.distribution.list_devices()
+        except (NotImplementedError, ValueError, RuntimeError):
+            found = []
+        if len(found) <= 1 and backend != "jax":
+            return []
+    else:
+        try:
+            count = int(devices)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"devices must be a positive number or 'all', not {devices!r}"
+            ) from None
+        if count < 1:
+            raise ValueError(f"devices must be a positive number or 'all', not {devices!r}")
+        if count == 1:
+            return []
+        if backend != "jax":
+            raise ValueError(
+                f"training on {count} devices needs the JAX backend (Keras 3 data parallelism "
+                f"is JAX-only; this run uses {backend}): add --backend jax"
+            )
+        found = keras.distribution.list_devices()
+        if count > len(found):
+            raise ValueError(f"asked for {count} devices, {len(found)} found ({', '.join(found)})")
+        found = found[:count]
+    if len(found) > 1 and batch_size % len(found):
+        raise ValueError(
+            f"batch size {batch_size} does not split evenly over {len(found)} devices: "
+            f"use a multiple of {len(found)}"
+        )
+    return found if len(found) > 1 else []
+
+
+@contextlib.contextmanager
+def data_parallel(devices: list[str]) -> Iterator[None]:
+    """Build and fit inside this block to replicate the weights on ``devices`` and split
+    every batch over them (one device: a plain fit).
+
+    Under JAX the sharded step computes the same global-batch loss as one device, so the
+    weights differ only by the order of floating-point sums. The weights stay replicated
+    after the block; scoring outside it runs as usual.
+    """
+    if len(devices) < 2:
+        yield
+        return
+    with keras.distribution.DataParallel(devices=devices).scope():
+        yield
+
+
+def shardable(x: np.ndarray, devices: list[str]) -> np.ndarray:
+    """``x`` without its last ``len(x) % len(devices)`` rows, so every batch (the last,
+    partial one included, given a batch size that is a multiple of the device count)
+    splits evenly; drops at most ``len(devices) - 1`` rows."""
+    if len(devices) < 2:
+        return x
+    return x[: len(x) - len(x) % len(devices)]
+
+
+def weight_devices(model: keras.Model) -> int:
+    """On how many devices the model's weights live (recorded in the training log so a
+    multi-device run shows it really was one)."""
+    value = model.weights[0].value
+    sharding = getattr(value, "sharding", None)
+    return len(sharding.device_set) if sharding is not None else 1

@@ -35,6 +35,16 @@ def split_normal(
     return order[n_cal + n_val :], order[n_cal : n_cal + n_val], order[:n_cal]
 
 
+def _check_devices(devices: int | str, batch_size: int) -> int:
+    """The number of devices to train on, checked before anything is read or fitted."""
+    from detectors.training import resolve_devices
+
+    try:
+        return max(1, len(resolve_devices(devices, batch_size)))
+    except ValueError as exc:
+        raise AnomalyError(f"--devices {devices}: {exc}") from None
+
+
 def make_detector(kind: str, params: dict[str, Any]) -> Any:
     from detectors import DETECTORS
 
@@ -60,8 +70,14 @@ def train_bundle(
     seed: int | None = 0,
     name: str | None = None,
     source: str | None = None,
+    devices: int | str = 1,
 ) -> Bundle:
-    """Fit on the normal rows of ``X`` (original units / images in [0, 1]); write a bundle."""
+    """Fit on the normal rows of ``X`` (original units / images in [0, 1]); write a bundle.
+
+    ``devices``: train data-parallel on that many devices (or ``"all"``; JAX backend only);
+    the bundle is the same as a one-device run's.
+    """
+    n_devices = _check_devices(devices, int((detector_params or {}).get("batch_size", 64)))
     X = np.asarray(X)
     if labels is not None:
         labels = np.asarray(labels).astype(int)
@@ -81,7 +97,7 @@ def train_bundle(
         to_model = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
         preprocessing = {"kind": "image", **(image_preprocessing or {})}
 
-    params = {"seed": seed, **(detector_params or {})}
+    params = {"seed": seed, **(detector_params or {}), "devices": n_devices}
     model = make_detector(detector, params)
     started = time.perf_counter()
     model.fit(to_model(X[train_idx]), validation=to_model(X[val_idx]))
@@ -94,6 +110,7 @@ def train_bundle(
     training = {
         "source": source,
         "seed": seed,
+        "devices": n_devices,
         "n_train": int(len(train_idx)),
         "n_validation": int(len(val_idx)),
         "n_calibration": int(len(cal_idx)),
