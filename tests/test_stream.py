@@ -137,7 +137,7 @@ def test_every_record_is_scored_or_dead_lettered_and_each_anomaly_alerted_once(
     runner = ServiceThread(config_for(kafka_bootstrap, tiny_bundle, topics), bundle)
     try:
         assert wait_until(lambda: runner.service.records_consumed >= total, 60)
-        assert wait_until(lambda: runner.service._uncommitted == 0, 10)
+        assert wait_until(lambda: runner.service.uncommitted == 0, 10)
         samples = scrape(runner.server.url)  # over real HTTP while the service runs
     finally:
         assert runner.stop() == 0

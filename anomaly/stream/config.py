@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -137,7 +138,21 @@ class ServeConfig:
     max_in_flight: int = _opt(
         20000, int, "records handled but not yet committed before a forced flush"
     )
-    delivery_timeout_s: float = _opt(30.0, float, "longest flush before polling pauses")
+    delivery_timeout_s: float = _opt(
+        30.0, float, "longest wait for deliveries before the input is paused (capped, see docs)"
+    )
+    max_delivery_failures: int = _opt(
+        5, int, "checkpoints in a row that may fail to deliver before exiting 3"
+    )
+    exactly_once: bool = _opt(
+        False, _as_bool, "transactional output: alerts/scores/DLQ commit with the offsets"
+    )
+    transactional_id: str | None = _opt(
+        None, _optional(str), "with exactly_once: unique per member (default anomaly-GROUP-HOST)"
+    )
+    liveness_timeout_s: float = _opt(
+        60.0, float, "/healthz answers 503 when the loop has not turned for this long"
+    )
     alert_fields: tuple[str, ...] = _opt((), _as_list, "input fields copied into alerts")
     extra_fields: tuple[str, ...] = _opt((), _as_list, "non-feature input fields to tolerate")
     top_features: int = _opt(5, int, "contributing features listed per alert")
@@ -179,6 +194,19 @@ class ServeConfig:
         return f"ServeConfig({', '.join(parts)})"
 
     __str__ = __repr__
+
+    @property
+    def flush_timeout_s(self) -> float:
+        """Longest a checkpoint (or a send into a full buffer) blocks the loop: the delivery
+        timeout, capped at a third of ``max_poll_interval_ms`` so that the loop polls (and
+        the member stays in its group) while the output is down."""
+        return max(0.1, min(self.delivery_timeout_s, self.max_poll_interval_ms / 3000))
+
+    def transaction_id(self) -> str:
+        """The producer's transactional id: the setting, or ``anomaly-<group>-<hostname>``
+        (stable across restarts of one member, so a restart fences and aborts the
+        transaction its predecessor left open)."""
+        return self.transactional_id or f"anomaly-{self.group}-{socket.gethostname()}"
 
     def password(self) -> str | None:
         """The SASL password from the environment/file setting or the password file."""
@@ -229,6 +257,8 @@ class ServeConfig:
             "max_poll_interval_ms": self.max_poll_interval_ms,
             "fetch_max_wait_ms": max(1, min(self.max_wait_ms, 500)),
         }
+        if self.exactly_once:
+            settings["isolation_level"] = "read_committed"
         settings.update(_accepted(self.client_settings(), KafkaConsumer.DEFAULT_CONFIG))
         settings.update(self.consumer or {})
         return settings
@@ -241,8 +271,11 @@ class ServeConfig:
             "acks": "all",
             "linger_ms": 5,
             "retries": 5,
-            "max_block_ms": int(self.delivery_timeout_s * 1000),
+            "max_block_ms": int(self.flush_timeout_s * 1000),
         }
+        if self.exactly_once:
+            settings["transactional_id"] = self.transaction_id()
+            settings["enable_idempotence"] = True
         settings.update(_accepted(self.client_settings(), KafkaProducer.DEFAULT_CONFIG))
         settings.update(self.producer or {})
         return settings
@@ -346,6 +379,8 @@ def _validate(config: ServeConfig) -> None:
         raise ConfigError("auto_offset_reset must be 'earliest' or 'latest'")
     if config.sasl_password is not None and config.sasl_password_file is not None:
         raise ConfigError("give the SASL password through the environment or a file, not both")
+    if config.max_delivery_failures < 1 or config.liveness_timeout_s <= 0:
+        raise ConfigError("need max_delivery_failures >= 1 and liveness_timeout_s > 0")
     if config.dlq_topic == config.input_topic or config.alert_topic == config.input_topic:
         raise ConfigError("the alert and dead-letter topics must differ from the input topic")
 

@@ -6,6 +6,9 @@ batches: prometheus_client's ``observe`` costs about a microsecond per call, whi
 thousands of records a second is a visible share of the loop, so they bin a batch with one
 ``searchsorted`` instead.
 
+``/healthz`` answers 503 once the poll loop has not turned for ``liveness_timeout_s`` (a
+wedged loop); ``/readyz`` 200 once the model is loaded and partitions are assigned.
+
 The HTTP server answers only ``/metrics``, ``/healthz`` and ``/readyz`` (GET/HEAD), binds the
 address it is given (loopback unless configured otherwise), drops idle connections after a
 few seconds, caps concurrent connections, and answers malformed requests with a 4xx without
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -175,6 +179,23 @@ class Metrics:
             "anomaly_ready", "1 when the model is loaded and partitions are assigned.", registry=r
         )
         self._ready = False
+        self.liveness_timeout_s = 60.0
+        self._last_beat: float | None = None
+
+    def beat(self) -> None:
+        """The poll loop turned (its liveness heartbeat, read by /healthz)."""
+        self._last_beat = time.monotonic()
+
+    def loop_stopped(self) -> None:
+        """The loop returned: /healthz no longer judges it."""
+        self._last_beat = None
+
+    @property
+    def is_live(self) -> bool:
+        """False when the loop has not turned for ``liveness_timeout_s`` (a wedged loop);
+        True before it starts (loading the bundle) and after it stops."""
+        beat = self._last_beat
+        return beat is None or time.monotonic() - beat <= self.liveness_timeout_s
 
     def set_ready(self, ready: bool) -> None:
         """Record readiness for /readyz and the ``anomaly_ready`` gauge."""
@@ -231,7 +252,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._reply(200, self.metrics.exposition(), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            self._reply(200, b"ok\n")
+            if self.metrics.is_live:
+                self._reply(200, b"ok\n")
+            else:
+                self._reply(503, b"loop stalled\n")
         elif path == "/readyz":
             if self.metrics.is_ready:
                 self._reply(200, b"ready\n")

@@ -1,0 +1,122 @@
+"""The producer side of the loop: sends, flush, and, with ``exactly_once``, the transaction
+that makes a batch's alerts, score messages and dead letters visible together with its input
+offsets (or not at all).
+
+A send that cannot be handed to the producer (its buffer stayed full for the flush timeout,
+or the producer is in a failed state) raises ``SendFailed``: the loop treats it like any
+failed delivery (rewind, retry budget), never as a checkpoint from inside a send.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
+
+from anomaly.errors import AnomalyError
+from anomaly.stream.config import ServeConfig
+
+log = logging.getLogger("anomaly.stream.output")
+
+
+class SendFailed(AnomalyError):
+    """The producer refused a record: the batch must be rewound and retried."""
+
+
+class Output:
+    """One KafkaProducer (replaced after a failure when this object created it)."""
+
+    def __init__(self, config: ServeConfig, producer: KafkaProducer | None = None):
+        self.config = config
+        self.transactional = config.exactly_once
+        self._owns = producer is None
+        self._producer = producer
+        self.in_transaction = False
+
+    @property
+    def producer(self) -> KafkaProducer:
+        """The live producer, created (and, for exactly-once, initialised) on first use."""
+        if self._producer is None:
+            producer = KafkaProducer(**self.config.producer_settings())
+            if self.transactional:
+                # Fences the previous incarnation of this transactional id and aborts the
+                # transaction it left open (after a SIGKILL, say).
+                producer.init_transactions()
+            self._producer = producer
+        return self._producer
+
+    def begin(self) -> None:
+        """Open a transaction unless one is open (exactly-once only)."""
+        if self.transactional and not self.in_transaction:
+            self.producer.begin_transaction()
+            self.in_transaction = True
+
+    def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[Any] | None
+    ) -> Any:
+        """Hand one record to the producer; returns its future."""
+        try:
+            self.begin()
+            return self.producer.send(topic, key=key, value=value, headers=headers)
+        except KafkaTimeoutError as exc:
+            raise SendFailed(
+                f"the producer's buffer stayed full for {self.config.flush_timeout_s:g} s"
+            ) from exc
+        except KafkaError as exc:
+            raise SendFailed(f"the producer refused a record: {exc!r}") from exc
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait for every buffered record; KafkaTimeoutError when that takes longer."""
+        if self._producer is not None:
+            self._producer.flush(timeout=timeout_s)
+
+    def commit_transaction(self, offsets: Mapping[Any, Any], group_metadata: Any) -> None:
+        """Add the input offsets to the open transaction and commit it (exactly-once)."""
+        self.begin()
+        self.producer.send_offsets_to_transaction(dict(offsets), group_metadata)
+        self.producer.commit_transaction()
+        self.in_transaction = False
+
+    def abort(self) -> None:
+        """Abort the open transaction, if any: its records never become visible."""
+        if not (self.transactional and self.in_transaction and self._producer is not None):
+            return
+        self.in_transaction = False
+        try:
+            self._producer.abort_transaction()
+        except KafkaError as exc:
+            log.warning(
+                "aborting the transaction failed; the next producer fences it",
+                extra={"event": "abort_failed", "error": repr(exc)},
+            )
+            self.reset()
+
+    def reset(self) -> None:
+        """Start over with a fresh producer after a failed delivery.
+
+        A failed send can leave kafka-python's producer unusable for good: an idempotent
+        producer whose id the broker no longer knows (after a broker restart) fails every
+        later send, and a transactional one may be fenced. The records are re-read from the
+        last checkpoint anyway, so a new producer loses nothing.
+        """
+        self.in_transaction = False
+        if not self._owns or self._producer is None:
+            return
+        failed, self._producer = self._producer, None
+        log.warning("producer replaced after a failed delivery", extra={"event": "producer_reset"})
+        try:
+            failed.close(timeout=0)
+        except KafkaError as exc:
+            log.warning("closing the failed producer: %r", exc, extra={"event": "producer_reset"})
+
+    def close(self, clean: bool) -> None:
+        """Close the producer: wait for deliveries only after a clean drain."""
+        if self._producer is None:
+            return
+        if not clean:
+            self.abort()
+        if self._producer is not None:
+            self._producer.close(timeout=self.config.flush_timeout_s if clean else 0)

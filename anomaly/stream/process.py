@@ -1,0 +1,104 @@
+"""Process wiring of ``anomaly serve``: signals first, then logging, metrics server, bundle
+(TensorFlow loads here, seconds), and the loop.
+
+SIGTERM/SIGINT are handled from the first line of ``serve``: during start-up the signal is
+logged and start-up stops at the next stage (exit 0, nothing was consumed); once the loop
+runs it drains (finish the batch, flush, commit) and exits with the loop's ``ExitCode``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from anomaly.stream.checkpoint import ExitCode
+from anomaly.stream.config import ServeConfig
+from anomaly.stream.logs import configure_logging
+from anomaly.stream.metrics import Metrics, MetricsServer
+
+log = logging.getLogger("anomaly.stream.service")
+
+
+class Stoppable(Protocol):
+    """Anything a signal can ask to stop."""
+
+    def stop(self) -> None:
+        """Ask it to finish and return."""
+
+
+class Shutdown:
+    """A stop request that can arrive before the service exists (signal during start-up)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def stop(self) -> None:
+        """Request the stop (signal-safe)."""
+        self.event.set()
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was requested."""
+        return self.event.is_set()
+
+
+def install_signal_handlers(target: Stoppable) -> None:
+    """SIGTERM and SIGINT log one line and ask ``target`` to stop (main thread only)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info(
+            "signal received; stopping",
+            extra={"event": "signal", "signal": signal.Signals(signum).name},
+        )
+        target.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def backend_info() -> tuple[str, str]:
+    """(Keras backend, Keras version) for ``anomaly_model_info``."""
+    import keras
+
+    return keras.config.backend(), keras.__version__
+
+
+def _stopped_during_startup(stage: str) -> int:
+    log.info(
+        "stopped during start-up",
+        extra={"event": "stopped", "clean": True, "stage": stage},
+    )
+    return int(ExitCode.OK)
+
+
+def serve(config: ServeConfig, *, on_ready: Callable[[MetricsServer], None] | None = None) -> int:
+    """Run ``anomaly serve``: metrics server, bundle, loop; returns the process exit status."""
+    shutdown = Shutdown()
+    if threading.current_thread() is threading.main_thread():
+        install_signal_handlers(shutdown)
+    configure_logging(config.log_format, config.log_level)
+    log.info("configuration", extra={"event": "config", "config": repr(config)})
+    metrics = Metrics()
+    metrics.liveness_timeout_s = config.liveness_timeout_s
+    server = MetricsServer(metrics, config.metrics_host, config.metrics_port).start()
+    log.info("metrics at %s", server.url, extra={"event": "metrics_listening", "url": server.url})
+    try:
+        if shutdown.requested:
+            return _stopped_during_startup("metrics")
+        from anomaly.model.bundle import Bundle
+        from anomaly.stream.service import StreamService
+
+        bundle = Bundle.load(config.bundle)
+        if shutdown.requested:
+            return _stopped_during_startup("bundle")
+        backend, keras_version = backend_info()
+        metrics.set_model(str(bundle.model_name), str(bundle.model_version), backend, keras_version)
+        service = StreamService(config, bundle, metrics, stop_event=shutdown.event)
+        if on_ready is not None:
+            on_ready(server)
+        return service.run()
+    finally:
+        server.stop()
