@@ -277,7 +277,7 @@ def evaluate(
 
 @main.command()
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
 @click.option(
     "--method", type=click.Choice(["quantile", "pot", "f1", "precision"]), default="quantile"
 )
@@ -285,48 +285,101 @@ def evaluate(
 @click.option("--at-recall", type=float, default=0.9, show_default=True)
 @click.option("--initial-quantile", type=float, default=0.98, show_default=True, help="POT.")
 @click.option("--label-column", default="auto", show_default=True, help="'none': all normal.")
+@click.option(
+    "--scores",
+    "scores_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Refit from published scores instead of DATA: score messages (JSON lines, as on "
+    "--scores-topic) or `anomaly score` output.",
+)
+@click.option("--from-topic", default=None, help="Refit from this scores topic (serve's).")
+@click.option("--bootstrap-servers", default=None, help="Kafka for --from-topic/--feedback-topic.")
+@click.option("--since", default=None, help="Only scores from the last 24h / 30m / 7d.")
+@click.option("--last", type=click.IntRange(min=1), default=None, help="Only the last N scores.")
+@click.option(
+    "--feedback",
+    "feedback_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Analyst labels (JSON lines or CSV: alert_id or record_id, label).",
+)
+@click.option("--feedback-topic", default=None, help="Topic of analyst labels (JSON).")
+@click.option(
+    "--max-change",
+    type=float,
+    default=3.0,
+    show_default=True,
+    help="Refuse (without --force) a change of the alert rate by more than this factor.",
+)
+@click.option(
+    "--min-alert-rate",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="Refuse (without --force) a threshold that alerts on fewer scores than this.",
+)
+@click.option("--force", is_flag=True, help="Apply a change the guard refuses.")
+@click.option("--rollback", default=None, help="Make threshold vN live again (appends a copy).")
+@click.option("--history", is_flag=True, help="Print the threshold history and exit.")
 @click.option("--dry-run", is_flag=True, help="Print what the threshold implies; change nothing.")
-def threshold(
-    bundle_dir: Path,
-    data: Path,
-    method: str,
-    target_fpr: float,
-    at_recall: float,
-    initial_quantile: float,
-    label_column: str,
-    dry_run: bool,
-) -> None:
-    """Refit the alert threshold of a bundle without retraining.
+def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
+    """Refit the alert threshold of a bundle without retraining; guarded, with history.
 
-    DATA is a CSV / JSONL / NPZ file for tabular bundles, or a folder / IDX / NPZ of normal
-    images for image bundles (quantile and POT only: images carry no labels here).
+    Scores come from DATA (a CSV / JSONL / NPZ of records, or images for image bundles: a
+    folder / IDX / NPZ of normal images, quantile and POT only), from --scores FILE or from
+    --from-topic TOPIC (the scores serve publishes). Every refit prints the alert rate
+    before -> after on that data; a change beyond --max-change or under --min-alert-rate
+    needs --force. Each change appends to the bundle's history; --rollback vN appends a copy.
     """
-    from anomaly.model.bundle import fingerprint
-    from anomaly.model.thresholds import fit_threshold
+    from anomaly.model.thresholds import history_table
 
     bundle = _load_bundle(bundle_dir)
-    if bundle.schema.kind == "image":
-        from anomaly.tabular.batch import image_scores
+    if opts["history"]:
+        click.echo(history_table(bundle.threshold_history))
+        return
+    if opts["rollback"]:
+        version = opts["rollback"].lstrip("vV")
+        if not version.isdigit():
+            raise AnomalyError(f"--rollback {opts['rollback']!r}: expected a version like v2")
+        before = bundle.threshold
+        entry = bundle.rollback_threshold(int(version))
+        click.echo(
+            f"threshold {before:.6g} -> {entry['value']:.6g}: version {entry['version']} "
+            f"({entry['note']}) written to {bundle.manifest_path}"
+        )
+        return
+    from anomaly.model.thresholds import propose_change
+    from anomaly.ops.refit import refit_inputs
 
-        scores, data_fingerprint = image_scores(bundle, data)
-        labels = None
-    else:
-        label = None if label_column.lower() == "none" else label_column
-        table = _read_for_bundle(bundle, data, label, "auto")
-        scores, labels = bundle.score(table.X).score, table.labels
-        data_fingerprint = fingerprint(table.X)
-    fit = fit_threshold(method, scores, labels, target_fpr, at_recall, initial_quantile)
-    implied = ", ".join(
-        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in fit.implied.items()
+    sources = [s for s in (data, opts["scores_file"], opts["from_topic"]) if s]
+    if len(sources) != 1:
+        raise AnomalyError("give exactly one of DATA, --scores FILE or --from-topic TOPIC")
+    inputs = refit_inputs(bundle, data, opts)
+    change = propose_change(
+        bundle.threshold,
+        bundle.threshold_version,
+        opts["method"],
+        inputs.scores,
+        inputs.labels,
+        population=inputs.population,
+        target_fpr=opts["target_fpr"],
+        at_recall=opts["at_recall"],
+        initial_quantile=opts["initial_quantile"],
     )
-    click.echo(
-        f"current threshold {bundle.threshold:.6g} (version {bundle.threshold_version}); "
-        f"{method} gives {fit.value:.6g}: {implied}"
-    )
-    if dry_run:
+    click.echo(f"scores: {inputs.description}")
+    click.echo(change.table())
+    if opts["dry_run"]:
         click.echo("dry run: bundle unchanged")
         return
-    entry = bundle.append_threshold(fit.to_entry(data_fingerprint))
+    refusal = change.refusal(opts["max_change"], opts["min_alert_rate"])
+    if refusal and not opts["force"]:
+        raise AnomalyError(f"threshold unchanged: {refusal}")
+    if refusal:
+        click.echo(f"forced: {refusal}")
+    entry = bundle.append_threshold(
+        {**change.fit.to_entry(inputs.fingerprint), "source": inputs.source}
+    )
     click.echo(f"threshold version {entry['version']} written to {bundle.manifest_path}")
 
 

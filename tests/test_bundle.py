@@ -135,3 +135,53 @@ def test_sample_is_in_original_units(tiny_bundle):
     assert samples.shape == (200, 5)
     # amount was trained as |x| * 100 through a signed log1p: samples come back on that scale
     assert np.median(np.abs(samples[:, 4])) > 5
+
+
+def test_the_threshold_lives_only_in_the_manifest_history(bundle_copy):
+    state = json.loads((bundle_copy / "model" / "detector.json").read_text())
+    assert state["threshold"] is None  # no second copy that could disagree
+    bundle = Bundle.load(bundle_copy)
+    assert (
+        bundle.detector.threshold_
+        == bundle.threshold
+        == _manifest(bundle_copy)["thresholds"][-1]["value"]
+    )
+
+
+def test_an_old_bundle_with_a_threshold_in_its_detector_file_still_loads(bundle_copy):
+    from anomaly.model.bundle import sha256_file
+
+    state_path = bundle_copy / "model" / "detector.json"
+    state = json.loads(state_path.read_text())
+    state["threshold"] = 999.0
+    state_path.write_text(json.dumps(state))
+    m = _manifest(bundle_copy)
+    m["files"]["model/detector.json"] = sha256_file(state_path)
+    _write_manifest(bundle_copy, m)
+    bundle = Bundle.load(bundle_copy)
+    assert bundle.detector.threshold_ == bundle.threshold != 999.0
+
+
+def test_rollback_appends_a_copy_and_keeps_the_history(bundle_copy):
+    bundle = Bundle.load(bundle_copy)
+    first = bundle.threshold
+    bundle.append_threshold({"value": 50.0, "method": "quantile", "params": {"target_fpr": 1e-3}})
+    entry = bundle.rollback_threshold(1)
+    assert entry["version"] == 3 and entry["method"] == "rollback"
+    assert entry["params"]["to_version"] == 1 and bundle.threshold == first
+    assert [h["value"] for h in _manifest(bundle_copy)["thresholds"]] == [first, 50.0, first]
+    with pytest.raises(BundleError, match="no threshold v7; the history has v1..v3"):
+        bundle.rollback_threshold(7)
+
+
+def test_an_edited_history_is_refused_by_append_and_ignored_by_refresh(bundle_copy):
+    writer = Bundle.load(bundle_copy)
+    reader = Bundle.load(bundle_copy)
+    m = _manifest(bundle_copy)
+    m["thresholds"][0]["value"] = 1e9
+    m["thresholds"].append({**m["thresholds"][0], "version": 2})
+    _write_manifest(bundle_copy, m)
+    with pytest.raises(BundleError, match="no longer starts with the one loaded"):
+        writer.append_threshold({"value": 1.0, "method": "quantile", "params": {}})
+    assert reader.refresh_threshold() is False
+    assert reader.threshold_version == 1 and reader.threshold < 1e9

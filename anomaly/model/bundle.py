@@ -161,9 +161,18 @@ class Bundle:
             self.detector.threshold_ = self.threshold
 
     def append_threshold(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """Add a threshold to the history and make it live (atomic manifest rewrite)."""
+        """Add a threshold to the history and make it live (atomic manifest rewrite).
+
+        Append-only: the history on disk must still start with the one this bundle loaded
+        (another writer's entries are kept; an edited or shortened history is refused).
+        """
         current = json.loads(self.manifest_path.read_text())
         history = current.setdefault("thresholds", [])
+        if history[: len(self.threshold_history)] != self.threshold_history:
+            raise BundleError(
+                f"{self.manifest_path}: the threshold history on disk no longer starts with "
+                "the one loaded (edited or truncated); refusing to append to it"
+            )
         entry = {"version": len(history) + 1, "timestamp": utc_now(), **entry}
         history.append(entry)
         write_json_atomic(self.manifest_path, current)
@@ -171,6 +180,25 @@ class Bundle:
         self._manifest_stamp = self._stamp()
         self._apply_threshold()
         return entry
+
+    def rollback_threshold(self, version: int, note: str | None = None) -> dict[str, Any]:
+        """Make an earlier threshold live again by appending a copy of it (history stays)."""
+        history = self.threshold_history
+        if not 1 <= version <= len(history):
+            raise BundleError(
+                f"{self.path}: no threshold v{version}; the history has v1..v{len(history)}"
+            )
+        old = history[version - 1]
+        return self.append_threshold(
+            {
+                "value": old["value"],
+                "method": "rollback",
+                "params": {"to_version": version, **old.get("params", {})},
+                "data_fingerprint": old.get("data_fingerprint"),
+                "implied": old.get("implied", {}),
+                "note": note or f"rollback to v{version} ({old['method']})",
+            }
+        )
 
     def _stamp(self) -> tuple[int, int, int]:
         st = self.manifest_path.stat()
@@ -195,6 +223,14 @@ class Bundle:
             float(history[-1]["value"])
         except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             log.warning("ignoring unreadable manifest update %s: %s", self.manifest_path, exc)
+            return False
+        known = self.threshold_history
+        if history[: len(known)] != known:
+            log.error(
+                "ignoring manifest update %s: its threshold history does not extend the "
+                "loaded one (edited or truncated; the history is append-only)",
+                self.manifest_path,
+            )
             return False
         before = (self.threshold, self.threshold_version)
         self.manifest["thresholds"] = history
@@ -242,7 +278,13 @@ class Bundle:
         if path.exists() and any(path.iterdir()):
             raise BundleError(f"{path}: directory exists and is not empty; choose a new --out")
         model_dir = path / MODEL_DIR
-        files = detector.save(model_dir)
+        # the manifest's threshold history is the one source of truth: the detector file
+        # keeps no copy of fit()'s validation threshold that could disagree with it
+        fitted_threshold, detector.threshold_ = detector.threshold_, None
+        try:
+            files = detector.save(model_dir)
+        finally:
+            detector.threshold_ = fitted_threshold
         checksums = {
             str(f.relative_to(path)): sha256_file(f) for f in sorted(files, key=lambda p: p.name)
         }

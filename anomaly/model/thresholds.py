@@ -114,12 +114,17 @@ def implied_rates(
     scores = np.asarray(scores, dtype=np.float64)
     flagged = scores > threshold
     if labels is None:
-        return {"fpr": float(flagged.mean()), "n": int(scores.size)}
+        return {
+            "alert_rate": float(flagged.mean()),
+            "fpr": float(flagged.mean()),
+            "n": int(scores.size),
+        }
     labels = np.asarray(labels).astype(bool)
     normals, anomalies = ~labels, labels
     tp = int((flagged & anomalies).sum())
     fp = int((flagged & normals).sum())
     return {
+        "alert_rate": float(flagged.mean()),
         "fpr": float(fp / max(1, normals.sum())),
         "recall": float(tp / max(1, anomalies.sum())),
         "precision": float(tp / max(1, tp + fp)),
@@ -157,3 +162,113 @@ def fit_threshold(
         value = precision_at_recall_threshold(scores, labels, at_recall)
         params = {"at_recall": at_recall}
     return ThresholdFit(value, method, params, implied_rates(value, scores, labels))
+
+
+DEFAULT_MAX_CHANGE = 3.0
+DEFAULT_MIN_ALERT_RATE = 1e-4
+
+
+@dataclass
+class ThresholdChange:
+    """A proposed threshold next to the live one, both measured on the same data."""
+
+    current: float
+    current_version: int
+    fit: ThresholdFit
+    before: dict[str, Any]
+
+    @property
+    def after(self) -> dict[str, Any]:
+        return self.fit.implied
+
+    @property
+    def rate_factor(self) -> float:
+        """How many times the alert rate grows (> 1) or shrinks (< 1); +1 alert smoothing."""
+        n = max(1, int(self.before["n"]))
+        return (self.after["alert_rate"] + 1 / n) / (self.before["alert_rate"] + 1 / n)
+
+    def refusal(self, max_change: float, min_alert_rate: float) -> str | None:
+        """Why this change needs ``--force`` (None when it is within the guard)."""
+        if max_change <= 1.0:
+            raise AnomalyError(f"--max-change must be above 1, got {max_change}")
+        before, after = self.before["alert_rate"], self.after["alert_rate"]
+        factor = self.rate_factor
+        if factor > max_change or factor < 1.0 / max_change:
+            way = f"rise {factor:.3g}x" if factor > 1 else f"fall {1 / factor:.3g}x"
+            return (
+                f"the alert rate on this data would {way} ({before:.4%} -> {after:.4%}), "
+                f"more than --max-change {max_change:g}x; check the method and the data "
+                "(labels switched off on data with anomalies?), or pass --force"
+            )
+        if after < min_alert_rate:
+            return (
+                f"the alert rate on this data would be {after:.4%}, below --min-alert-rate "
+                f"{min_alert_rate:g} (alerting all but off); pass --force if that is intended"
+            )
+        return None
+
+    def table(self) -> str:
+        """Before -> after, one row per measure, on the data the fit used."""
+        rows = [("threshold", f"{self.current:.6g}", f"{self.fit.value:.6g}")]
+        measures = ("alert_rate", "fpr", "recall", "precision") if "recall" in self.after else ()
+        for key in measures or ("alert_rate",):
+            if key in self.before and key in self.after:
+                rows.append(
+                    (key.replace("_", " "), f"{self.before[key]:.4%}", f"{self.after[key]:.4%}")
+                )
+        labelled = self.after.get("n_anomalies")
+        head = f"on {self.after['n']} scores" + (
+            f" ({labelled} labelled anomalies)" if labelled is not None else ""
+        )
+        live = f"v{self.current_version} (live)"
+        lines = [head, f"{'':<12} {live:>14} {self.fit.method + ' (new)':>16}"]
+        lines += [f"{name:<12} {a:>14} {b:>16}" for name, a, b in rows]
+        return "\n".join(lines)
+
+
+def propose_change(
+    current: float,
+    current_version: int,
+    method: str,
+    scores: np.ndarray,
+    labels: np.ndarray | None = None,
+    population: np.ndarray | None = None,
+    **fit_options: Any,
+) -> ThresholdChange:
+    """Fit a new threshold and measure the live one on the same scores, for the guard.
+
+    ``population``: all the scores of the window when the fit sees only a labelled part of
+    it (analyst feedback mostly exists for alerts); alert rates are measured on it.
+    """
+    fit = fit_threshold(method, scores, labels, **fit_options)
+    before = implied_rates(current, scores, labels)
+    if population is not None:
+        population = np.asarray(population, dtype=np.float64)
+        for implied, value in ((before, current), (fit.implied, fit.value)):
+            implied["alert_rate"] = float((population > value).mean())
+            implied["n"] = int(population.size)
+    return ThresholdChange(current, current_version, fit, before)
+
+
+def history_table(history: list[dict[str, Any]]) -> str:
+    """The threshold history as a table, oldest first; the last row is live."""
+    lines = [
+        f"{'version':<8} {'value':>12}  {'method':<9} {'alert rate':>10}  {'timestamp':<25} note"
+    ]
+    for i, entry in enumerate(history):
+        params = entry.get("params", {})
+        note = entry.get("note") or ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in params.items()
+            if k in ("target_fpr", "at_recall", "to_version")
+        )
+        if entry.get("source"):
+            note = f"{note}; {entry['source']}" if note else entry["source"]
+        rate = entry.get("implied", {}).get("alert_rate", entry.get("implied", {}).get("fpr"))
+        shown = "" if rate is None else f"{rate:.4%}"
+        live = " (live)" if i == len(history) - 1 else ""
+        lines.append(
+            f"{'v' + str(entry.get('version', i + 1)):<8} {entry['value']:>12.6g}  "
+            f"{entry['method']:<9} {shown:>10}  {entry.get('timestamp', ''):<25} {note}{live}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Operating a deployed model: refit thresholds from the scores it published, drift checks."""
