@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from anomaly.cli import main
 from anomaly.model.bundle import MANIFEST, Bundle
 from anomaly.stream.alerts import AlertBuilder, Source, encode
-from anomaly.testing.data import FEATURES, make_tabular_data
+from anomaly.testing.data import FEATURES, make_tabular_data, unique_name
 
 
 def run(*args):
@@ -135,3 +136,145 @@ def test_feedback_labels_drive_an_f1_refit(bundle_copy, tmp_path):
     bad.write_text('{"alert_id": "x", "label": "maybe"}\n')
     refused = run(*args, "--feedback", bad)
     assert refused.exit_code == 2 and "bad.jsonl, row 1: label 'maybe'" in refused.output
+
+
+class ServiceThread:
+    """``anomaly serve``'s loop in a thread, with a real /metrics server on a free port."""
+
+    def __init__(self, config, bundle):
+        from anomaly.stream.metrics import Metrics, MetricsServer
+        from anomaly.stream.service import StreamService
+
+        self.metrics = Metrics()
+        self.server = MetricsServer(self.metrics, "127.0.0.1", 0).start()
+        self.service = StreamService(config, bundle, self.metrics)
+        self.status = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.status = self.service.run()
+
+    def stop(self):
+        self.service.stop()
+        self.thread.join(30)
+        self.server.stop()
+        return self.status
+
+
+@pytest.mark.kafka
+def test_refit_from_the_live_scores_topic_and_a_rollback_picked_up_by_serve(
+    kafka_bootstrap, bundle_copy, tmp_path
+):
+    from anomaly.demo.broker import create_topic
+    from anomaly.stream.config import load_serve_config
+    from anomaly.testing.kafka import produce, read_topic, scrape, wait_until
+
+    topics = {
+        "input_topic": unique_name("in"),
+        "alert_topic": unique_name("alerts"),
+        "dlq_topic": unique_name("dlq"),
+        "scores_topic": unique_name("scores"),
+        "group": unique_name("group"),
+    }
+    create_topic(kafka_bootstrap, topics["input_topic"], partitions=2)
+    config = load_serve_config(
+        {
+            **topics,
+            "bundle": str(bundle_copy),
+            "bootstrap_servers": kafka_bootstrap,
+            "session_timeout_ms": 4000,
+            "heartbeat_interval_ms": 500,
+            "max_batch": 64,
+            "commit_interval_ms": 200,
+            "threshold_refresh_s": 0.3,
+        },
+        env={},
+    )
+    rows = held_out(300, 30)
+    records = [
+        (
+            f"r{i}".encode(),
+            json.dumps({**dict(zip(FEATURES, row, strict=True)), "id": f"r{i}"}).encode(),
+        )
+        for i, row in enumerate(rows.tolist())
+    ]
+    runner = ServiceThread(config, Bundle.load(bundle_copy))
+    first = Bundle.load(bundle_copy).threshold
+    try:
+        produce(kafka_bootstrap, topics["input_topic"], records)
+        assert wait_until(lambda: runner.service.records_consumed >= len(records), 60)
+        published = read_topic(kafka_bootstrap, topics["scores_topic"], expect=len(records))
+        assert len(published) == len(records)
+
+        # the same scores in a file give the same refit as the topic
+        scores_file = tmp_path / "scores.jsonl"
+        scores_file.write_bytes(b"".join(m.value + b"\n" for m in published))
+        topic_args = (
+            "--from-topic",
+            topics["scores_topic"],
+            "--bootstrap-servers",
+            kafka_bootstrap,
+        )
+        dry = ("threshold", "--bundle", bundle_copy, "--target-fpr", "0.05", "--dry-run")
+        from_topic, from_file = run(*dry, *topic_args), run(*dry, "--scores", scores_file)
+        assert from_topic.exit_code == 0 and from_file.exit_code == 0, from_topic.output
+        assert f"scores: 330 from topic {topics['scores_topic']}" in from_topic.output
+        assert from_topic.output.splitlines()[1:] == from_file.output.splitlines()[1:]
+        last = run(*dry, *topic_args, "--last", "100")
+        assert "scores: 100 from topic" in last.output
+
+        # analyst feedback on a topic, keyed by alert_id, drives a precision refit
+        feedback_topic = unique_name("feedback")
+        labels = {f"r{i}": int(i >= 300) for i in range(len(rows))}
+        verdicts = [json.loads(m.value) for m in published]
+        produce(
+            kafka_bootstrap,
+            feedback_topic,
+            [
+                (
+                    None,
+                    json.dumps(
+                        {"alert_id": v["alert_id"], "label": labels[v["record_id"]]}
+                    ).encode(),
+                )
+                for v in verdicts
+                if v["is_anomaly"] or int(v["record_id"][1:]) % 3 == 0
+            ],
+        )
+        labelled = run(
+            "threshold",
+            "--bundle",
+            bundle_copy,
+            *topic_args,
+            "--feedback-topic",
+            feedback_topic,
+            "--method",
+            "precision",
+            "--at-recall",
+            "0.9",
+            "--dry-run",
+        )
+        assert labelled.exit_code == 0, labelled.output
+        assert "with analyst labels" in labelled.output and "recall" in labelled.output
+
+        # a change that quadruples the alert rate is refused, then forced; serve picks it up
+        loose = ("threshold", "--bundle", bundle_copy, *topic_args, "--target-fpr", "0.6")
+        refused = run(*loose)
+        assert refused.exit_code == 2 and "threshold unchanged" in refused.output
+        assert Bundle.load(bundle_copy).threshold_version == 1
+        forced = run(*loose, "--force")
+        assert forced.exit_code == 0, forced.output
+        assert wait_until(
+            lambda: scrape(runner.server.url).get("anomaly_threshold_version{}") == 2, 10
+        )
+        assert scrape(runner.server.url)["anomaly_threshold{}"] < first
+
+        # the rollback is picked up by the running serve too
+        assert run("threshold", "--bundle", bundle_copy, "--rollback", "v1").exit_code == 0
+        assert wait_until(
+            lambda: scrape(runner.server.url).get("anomaly_threshold_version{}") == 3, 10
+        )
+        assert scrape(runner.server.url)["anomaly_threshold{}"] == pytest.approx(first)
+    finally:
+        assert runner.stop() == 0
