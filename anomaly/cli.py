@@ -322,6 +322,12 @@ def evaluate(
 @click.option("--force", is_flag=True, help="Apply a change the guard refuses.")
 @click.option("--rollback", default=None, help="Make threshold vN live again (appends a copy).")
 @click.option("--history", is_flag=True, help="Print the threshold history and exit.")
+@click.option(
+    "--sign-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Re-sign a signed bundle after the change (EC private key, PEM).",
+)
 @click.option("--dry-run", is_flag=True, help="Print what the threshold implies; change nothing.")
 def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
     """Refit the alert threshold of a bundle without retraining; guarded, with history.
@@ -343,7 +349,7 @@ def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
         if not version.isdigit():
             raise AnomalyError(f"--rollback {opts['rollback']!r}: expected a version like v2")
         before = bundle.threshold
-        entry = bundle.rollback_threshold(int(version))
+        entry = bundle.rollback_threshold(int(version), sign_key=opts["sign_key"])
         click.echo(
             f"threshold {before:.6g} -> {entry['value']:.6g}: version {entry['version']} "
             f"({entry['note']}) written to {bundle.manifest_path}"
@@ -378,7 +384,7 @@ def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
     if refusal:
         click.echo(f"forced: {refusal}")
     entry = bundle.append_threshold(
-        {**change.fit.to_entry(inputs.fingerprint), "source": inputs.source}
+        {**change.fit.to_entry(inputs.fingerprint), "source": inputs.source}, opts["sign_key"]
     )
     click.echo(f"threshold version {entry['version']} written to {bundle.manifest_path}")
 
@@ -396,6 +402,51 @@ def info(bundle_dir: Path, as_json: bool) -> None:
         raise AnomalyError(f"{bundle_dir}: not a model bundle (no {MANIFEST})")
     manifest = json.loads(path.read_text())
     click.echo(json.dumps(manifest, indent=2) if as_json else describe_manifest(manifest))
+    if not as_json:
+        from anomaly.model.signing import is_signed
+
+        signed = "signed (check: anomaly verify)" if is_signed(bundle_dir) else "not signed"
+        click.echo(f"signature    {signed}")
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="EC private key (PEM), e.g. from `openssl ecparam -name prime256v1 -genkey`.",
+)
+def sign(bundle_dir: Path, key: Path) -> None:
+    """Sign every file of a bundle, manifest included (OpenSSF model-signing, key pair).
+
+    Writes BUNDLE/bundle.sig and the signer's public key BUNDLE/bundle.sig.pub. Once signed,
+    load, score and serve verify the bundle, and threshold changes need --sign-key.
+    """
+    from anomaly.model.signing import sign_bundle
+
+    _load_bundle(bundle_dir)  # never sign a bundle that does not load
+    click.echo(f"signed {bundle_dir} with key {sign_bundle(bundle_dir, key)}")
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Trusted public key (PEM); default: the key shipped in the bundle (integrity only).",
+)
+def verify(bundle_dir: Path, public_key: Path | None) -> None:
+    """Check a bundle's signature over every file; exit 2 with the reason when it fails."""
+    from anomaly.model.bundle import Bundle
+
+    bundle = Bundle.load(bundle_dir, public_key=public_key, require_signature=True)
+    trust = f"the pinned key {public_key}" if public_key else "the key shipped in the bundle"
+    click.echo(
+        f"verified: {len(bundle.manifest['files']) + 1} files signed by key {bundle.signer} "
+        f"(checked against {trust})"
+    )
 
 
 @main.command("score-images")

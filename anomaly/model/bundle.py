@@ -8,9 +8,11 @@ Layout::
       model/*.keras      native Keras files, loaded in safe mode (no pickle, no lambdas)
       model/detector.json, model/latent.npz
 
-Loading verifies every file's sha256 and that the schema fits the network; a threshold
-change rewrites only the manifest, atomically (write a temporary file, then rename), so a
-running service can pick it up with ``refresh_threshold``.
+Loading verifies every file's sha256 and that the schema fits the network, and, when the
+bundle is signed (``anomaly.model.signing``), the signature over every file, the manifest
+included. A threshold change rewrites only the manifest, atomically (write a temporary file,
+then rename), and re-signs a signed bundle, so a running service can pick it up with
+``refresh_threshold`` (which re-verifies a signed bundle before accepting it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 from anomaly.errors import BundleError
 from anomaly.model.preprocessing import TabularPreprocessor
 from anomaly.model.schema import Schema
+from anomaly.model.signing import SIGNATURE, check_signature, is_signed, sign_bundle
 
 log = logging.getLogger("anomaly.model.bundle")
 
@@ -103,8 +106,13 @@ class Bundle:
         detector: Any,
         schema: Schema,
         preprocessor: TabularPreprocessor | None,
+        *,
+        signer: str | None = None,
+        public_key: Path | None = None,
     ) -> None:
         self.path = Path(path)
+        self.signer = signer  # the signing key's id when the bundle was verified as signed
+        self.public_key = public_key  # the pinned verification key, if any
         self.manifest = manifest
         self.detector = detector
         self.schema = schema
@@ -160,12 +168,22 @@ class Bundle:
         if self.threshold_history:
             self.detector.threshold_ = self.threshold
 
-    def append_threshold(self, entry: dict[str, Any]) -> dict[str, Any]:
+    def append_threshold(
+        self, entry: dict[str, Any], sign_key: Path | None = None, password: str | None = None
+    ) -> dict[str, Any]:
         """Add a threshold to the history and make it live (atomic manifest rewrite).
 
         Append-only: the history on disk must still start with the one this bundle loaded
-        (another writer's entries are kept; an edited or shortened history is refused).
+        (another writer's entries are kept; an edited or shortened history is refused). A
+        signed bundle is verified first and re-signed after, so it needs ``sign_key``.
         """
+        if is_signed(self.path):
+            if sign_key is None:
+                raise BundleError(
+                    f"{self.path}: bundle is signed: pass --sign-key to re-sign the new "
+                    "threshold (without it the bundle would stop verifying)"
+                )
+            check_signature(self.path, self.public_key)
         current = json.loads(self.manifest_path.read_text())
         history = current.setdefault("thresholds", [])
         if history[: len(self.threshold_history)] != self.threshold_history:
@@ -176,12 +194,20 @@ class Bundle:
         entry = {"version": len(history) + 1, "timestamp": utc_now(), **entry}
         history.append(entry)
         write_json_atomic(self.manifest_path, current)
+        if sign_key is not None:
+            self.signer = sign_bundle(self.path, sign_key, password)
         self.manifest = current
         self._manifest_stamp = self._stamp()
         self._apply_threshold()
         return entry
 
-    def rollback_threshold(self, version: int, note: str | None = None) -> dict[str, Any]:
+    def rollback_threshold(
+        self,
+        version: int,
+        note: str | None = None,
+        sign_key: Path | None = None,
+        password: str | None = None,
+    ) -> dict[str, Any]:
         """Make an earlier threshold live again by appending a copy of it (history stays)."""
         history = self.threshold_history
         if not 1 <= version <= len(history):
@@ -197,12 +223,20 @@ class Bundle:
                 "data_fingerprint": old.get("data_fingerprint"),
                 "implied": old.get("implied", {}),
                 "note": note or f"rollback to v{version} ({old['method']})",
-            }
+            },
+            sign_key,
+            password,
         )
 
-    def _stamp(self) -> tuple[int, int, int]:
+    def _stamp(self) -> tuple[int, ...]:
+        """The manifest's (and signature's) stat: a change means re-read (and re-verify)."""
         st = self.manifest_path.stat()
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        signature = self.path / SIGNATURE
+        if self.signer is not None and signature.exists():
+            sig = signature.stat()
+            stamp += (sig.st_mtime_ns, sig.st_size, sig.st_ino)
+        return stamp
 
     def refresh_threshold(self) -> bool:
         """Re-read the manifest if it changed on disk; True when the live threshold changed.
@@ -217,6 +251,14 @@ class Bundle:
         if stamp == self._manifest_stamp:
             return False
         self._manifest_stamp = stamp
+        if self.signer is not None:
+            try:
+                check_signature(self.path, self.public_key, require=True)
+            except BundleError as exc:
+                # a re-signed append writes the manifest, then the signature: the next
+                # stamp change (the new signature) is checked again
+                log.error("ignoring manifest update that does not verify: %s", exc)
+                return False
         try:
             fresh = json.loads(self.manifest_path.read_text())
             history = fresh["thresholds"]
@@ -315,14 +357,28 @@ class Bundle:
         return cls(path, manifest, detector, schema, preprocessor)
 
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True) -> Bundle:
-        """Open a bundle, verifying checksums and schema; refuses anything that does not fit."""
+    def load(
+        cls,
+        path: str | Path,
+        verify: bool = True,
+        *,
+        public_key: str | Path | None = None,
+        require_signature: bool = False,
+    ) -> Bundle:
+        """Open a bundle, verifying checksums and schema; refuses anything that does not fit.
+
+        A signed bundle's signature is checked (with ``public_key`` when pinned, else the
+        key it ships); ``require_signature`` refuses an unsigned one.
+        """
         from detectors import DETECTORS
 
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise BundleError(f"{path}: not a model bundle (no {MANIFEST})")
+        signer = None
+        if verify or require_signature or public_key:
+            signer = check_signature(path, public_key, require_signature)
         try:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as exc:
@@ -373,4 +429,12 @@ class Bundle:
                 preprocessor = TabularPreprocessor.from_dict(prep, schema.feature_names)
             except (KeyError, ValueError) as exc:
                 raise BundleError(f"{manifest_path}: bad preprocessing: {exc}") from exc
-        return cls(path, manifest, detector, schema, preprocessor)
+        return cls(
+            path,
+            manifest,
+            detector,
+            schema,
+            preprocessor,
+            signer=signer,
+            public_key=None if public_key is None else Path(public_key),
+        )

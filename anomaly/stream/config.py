@@ -158,6 +158,12 @@ class ServeConfig:
     top_features: int = _opt(5, int, "contributing features listed per alert")
     max_record_bytes: int = _opt(DEFAULT_MAX_BYTES, int, "larger records are dead-lettered")
     threshold_refresh_s: float = _opt(2.0, float, "how often the bundle manifest is re-read")
+    require_signature: bool = _opt(
+        False, _as_bool, "refuse a bundle that is not signed (anomaly sign) or does not verify"
+    )
+    public_key: Path | None = _opt(
+        None, _optional(Path), "trusted public key (PEM) the bundle's signature must match"
+    )
     auto_offset_reset: str = _opt("earliest", str, "where a new group starts: earliest | latest")
     session_timeout_ms: int = _opt(10000, int, "consumer group session timeout")
     heartbeat_interval_ms: int = _opt(1000, int, "consumer heartbeat interval")

@@ -91,7 +91,11 @@ def serve(config: ServeConfig, *, on_ready: Callable[[MetricsServer], None] | No
         from anomaly.model.bundle import Bundle
         from anomaly.stream.service import StreamService
 
-        bundle = Bundle.load(config.bundle)
+        bundle = Bundle.load(
+            config.bundle,
+            public_key=config.public_key,
+            require_signature=config.require_signature,
+        )
         if shutdown.requested:
             return _stopped_during_startup("bundle")
         backend, keras_version = backend_info()
