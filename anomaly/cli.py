@@ -552,6 +552,67 @@ def demo(
 ) -> None:
     """Local broker + synthetic fraud + small model + serve, end to end in about a minute."""
     from anomaly.demo.run import run_demo
+@main.command("spark-score")
+@click.option("--bundle", "bundle_dir", required=True, help="Bundle path (shared or shipped).")
+@click.argument("source")
+@click.option("--out", required=True, help="Parquet output directory (or s3a://, hdfs:// URI).")
+@click.option("--errors", "errors_out", default=None, help="Errors output [default: OUT-errors].")
+@click.option("--images", is_flag=True, help="SOURCE is a folder of image files (binaryFile).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "parquet", "csv", "json"]),
+    default="auto",
+    show_default=True,
+    help="Records format (auto: by suffix; a folder is Parquet).",
+)
+@click.option("--id-column", default="auto", show_default=True, help="'none': row numbers.")
+@click.option("--top-k", type=int, default=3, show_default=True, help="Top features per row.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per batch.")
+@click.option("--window", nargs=2, type=float, default=None, help="DICOM window CENTER WIDTH.")
+@click.option(
+    "--master",
+    default=None,
+    help="Spark master (default: spark-submit's, else local[*]), e.g. local[2].",
+)
+def spark_score(
+    bundle_dir: str,
+    source: str,
+    out: str,
+    errors_out: str | None,
+    images: bool,
+    fmt: str,
+    id_column: str,
+    top_k: int,
+    batch_size: int,
+    window: tuple[float, float] | None,
+    master: str | None,
+) -> None:
+    """Score a Parquet / CSV / JSON dataset or an image folder on Spark (pip install
+    'anomaly-gan[spark]'); scores and errors as Parquet. Exit code 1 when any row failed."""
+    from anomaly.spark.scoring import score_dataset, score_image_files, session
+
+    spark = session(master)
+    if images:
+        summary = score_image_files(
+            spark, bundle_dir, source, out, errors_out, window=window, batch_size=batch_size
+        )
+        what = f"{summary.inputs} files: {summary.scored} images scored"
+    else:
+        ids = None if id_column.lower() == "none" else id_column
+        summary = score_dataset(
+            spark, bundle_dir, source, out, errors_out, fmt=fmt, id_column=ids, top_k=top_k
+        )
+        what = f"{summary.inputs} records: {summary.scored} scored"
+    click.echo(
+        f"{what}, {summary.errors} errors, {summary.skipped} skipped (not images); "
+        f"wrote {summary.out} and {summary.errors_out}"
+    )
+    if summary.errors:
+        click.echo(f"error: {summary.errors} rows failed, see {summary.errors_out}", err=True)
+        sys.exit(1)
+
+
 
     run_demo(
         out,
