@@ -449,6 +449,48 @@ def verify(bundle_dir: Path, public_key: Path | None) -> None:
     )
 
 
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
+@click.option("--from-topic", default=None, help="An input topic (records) or a scores topic.")
+@click.option("--bootstrap-servers", default=None, help="Kafka for --from-topic.")
+@click.option("--last", type=click.IntRange(min=1), default=None, help="Last N per partition.")
+@click.option(
+    "--fail-above",
+    type=float,
+    default=None,
+    help="Exit 1 when any PSI is above this (0.25 is a major shift), for scheduled checks.",
+)
+def drift(
+    bundle_dir: Path,
+    data: Path | None,
+    from_topic: str | None,
+    bootstrap_servers: str | None,
+    last: int | None,
+    fail_above: float | None,
+) -> None:
+    """Compare DATA or a topic with the bundle's reference: PSI per feature and of the score.
+
+    The same comparison as serve's anomaly_*_drift_psi gauges, offline. Features are
+    compared with the training rows, the score with the calibration split.
+    """
+    from anomaly.ops.drift import drift_of_file, drift_of_topic
+
+    if (data is None) == (from_topic is None):
+        raise AnomalyError("give DATA or --from-topic TOPIC (one of them)")
+    bundle = _load_bundle(bundle_dir)
+    if from_topic:
+        if not bootstrap_servers:
+            raise AnomalyError("--from-topic needs --bootstrap-servers")
+        report = drift_of_topic(bundle, bootstrap_servers, from_topic, last)
+    else:
+        report = drift_of_file(bundle, data)
+    click.echo(report.table())
+    if fail_above is not None and report.worst > fail_above:
+        click.echo(f"error: PSI {report.worst:.4f} above --fail-above {fail_above}", err=True)
+        sys.exit(1)
+
+
 @main.command("score-images")
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
 @click.argument("source", type=click.Path(exists=True, path_type=Path))

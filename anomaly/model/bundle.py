@@ -314,6 +314,7 @@ class Bundle:
         name: str,
         training: dict[str, Any],
         preprocessor: TabularPreprocessor | None = None,
+        drift_reference: dict[str, Any] | None = None,
     ) -> Bundle:
         """Write a new bundle directory (refuses to overwrite a non-empty one)."""
         path = Path(path)
@@ -353,6 +354,8 @@ class Bundle:
             "files": checksums,
             "thresholds": [],
         }
+        if drift_reference is not None:
+            manifest["drift_reference"] = drift_reference
         write_json_atomic(path / MANIFEST, manifest)
         return cls(path, manifest, detector, schema, preprocessor)
 

@@ -3,6 +3,8 @@
 The normal rows are split three ways, seeded: train (fits the scaler and the networks),
 validation (early stopping and the score normalisation), calibration (the initial threshold
 at a target false-positive rate). Labels, when present, only remove anomalies from training.
+The bundle also keeps the binned distribution of the features and calibration scores, the
+reference ``anomaly drift`` and the service's drift gauges compare live data with.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from anomaly.errors import AnomalyError
 from anomaly.model.bundle import Bundle, fingerprint
 from anomaly.model.preprocessing import TabularPreprocessor
+from anomaly.model.profile import build_profile
 from anomaly.model.schema import Schema
 from anomaly.model.thresholds import fit_threshold
 
@@ -130,6 +133,9 @@ def train_bundle(
         name or Path(out_dir).name,
         training,
         preprocessor=preprocessor,
+        drift_reference=build_profile(
+            X if schema.kind == "tabular" else None, schema.feature_names, cal_scores
+        ),
     )
     fit = fit_threshold("quantile", cal_scores, target_fpr=target_fpr)
     bundle.append_threshold(

@@ -164,6 +164,9 @@ class ServeConfig:
     public_key: Path | None = _opt(
         None, _optional(Path), "trusted public key (PEM) the bundle's signature must match"
     )
+    drift_window_records: int = _opt(
+        10000, int, "scored records the drift gauges summarise (rolling window)"
+    )
     auto_offset_reset: str = _opt("earliest", str, "where a new group starts: earliest | latest")
     session_timeout_ms: int = _opt(10000, int, "consumer group session timeout")
     heartbeat_interval_ms: int = _opt(1000, int, "consumer heartbeat interval")

@@ -165,6 +165,24 @@ class Metrics:
             "Anomaly rate the threshold was calibrated for.",
             registry=r,
         )
+        self.feature_drift = Gauge(
+            "anomaly_feature_drift_psi",
+            "Population stability index of each input feature over the drift window against "
+            "the bundle's training rows (0 = same distribution, > 0.25 a major shift).",
+            ["feature"],
+            registry=r,
+        )
+        self.score_drift = Gauge(
+            "anomaly_score_drift_psi",
+            "Population stability index of the score over the drift window against the "
+            "bundle's calibration split.",
+            registry=r,
+        )
+        self.drift_window = Gauge(
+            "anomaly_drift_window_records",
+            "Scored records the drift gauges summarise (the rolling window).",
+            registry=r,
+        )
         self.model_info = Info("anomaly_model", "The model bundle being served.", registry=r)
         self.last_commit = Gauge(
             "anomaly_last_commit_timestamp_seconds",

@@ -89,6 +89,7 @@ def serve(config: ServeConfig, *, on_ready: Callable[[MetricsServer], None] | No
         if shutdown.requested:
             return _stopped_during_startup("metrics")
         from anomaly.model.bundle import Bundle
+        from anomaly.stream.drift import attach_drift
         from anomaly.stream.service import StreamService
 
         bundle = Bundle.load(
@@ -101,6 +102,7 @@ def serve(config: ServeConfig, *, on_ready: Callable[[MetricsServer], None] | No
         backend, keras_version = backend_info()
         metrics.set_model(str(bundle.model_name), str(bundle.model_version), backend, keras_version)
         service = StreamService(config, bundle, metrics, stop_event=shutdown.event)
+        attach_drift(service, bundle, config.drift_window_records)
         if on_ready is not None:
             on_ready(server)
         return service.run()
