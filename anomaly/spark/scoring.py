@@ -65,24 +65,25 @@ class SparkSummary:
 
 
 def session(master: str | None = None, app_name: str = "anomaly-score") -> Any:
-    """A SparkSession: the one spark-submit configured, else ``master`` (default local[*]).
+    """A SparkSession: under spark-submit (or with one already active) the configured one,
+    else one on ``master`` (default local[*]).
 
     Local sessions run their Python workers with this interpreter, so the workers import the
-    same installed ``anomaly`` package and Keras backend as the driver.
+    same installed ``anomaly`` package and Keras backend as the driver; under spark-submit
+    the job's own settings (``spark.pyspark.python``, ``--archives``) are left alone.
     """
     if importlib.util.find_spec("pyspark") is None:
         raise AnomalyError("Spark scoring needs pyspark: pip install 'anomaly-gan[spark]'")
-    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
-        raise AnomalyError("Spark needs a Java runtime (17 or later): none on PATH or JAVA_HOME")
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app_name)
     active = SparkSession.getActiveSession()
-    if active is not None and master is None:
-        return active
-    if master is not None:
-        builder = builder.master(master)
-    if master is None or master.startswith("local"):
+    if master is None and (active is not None or "PYSPARK_GATEWAY_PORT" in os.environ):
+        return active or SparkSession.builder.appName(app_name).getOrCreate()
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        raise AnomalyError("Spark needs a Java runtime (17 or later): none on PATH or JAVA_HOME")
+    master = master or "local[*]"
+    builder = SparkSession.builder.appName(app_name).master(master)
+    if master.startswith("local"):
         builder = builder.config("spark.pyspark.python", sys.executable)
         builder = builder.config("spark.pyspark.driver.python", sys.executable)
         builder = builder.config("spark.ui.enabled", "false")
