@@ -7,10 +7,11 @@ docs/reliability.md.
 
 Each scenario starts its own Tansu broker on 127.0.0.1 (it stops, pauses or restarts it),
 runs real `anomaly serve` subprocesses and injects real signals; the scenario code lives in
-tests/reliability_scenarios.py, shared with tests/test_reliability.py. Results are merged
+anomaly/testing/reliability.py, shared with tests/test_reliability.py. Results are merged
 into bench/out/reliability.json (a scenario run again replaces its row) and the table in
-docs/reliability.md is rewritten from it, with the command that produced each row. Broker and
-serve logs stay under bench/out/reliability-logs/.
+docs/reliability.md is rewritten from it, with the command that produced each row; rows of
+scenarios not in the JSON (not run on this checkout) are kept from the current document.
+Broker and serve logs stay under bench/out/reliability-logs/.
 """
 
 from __future__ import annotations
@@ -33,13 +34,35 @@ from anomaly.testing.reliability import (  # noqa: E402
     broker_restart,
     broker_stall,
     crash_runs,
+    output_failures,
     rebalance_under_load,
     soak,
 )
 
 RESULTS = ROOT / "bench" / "out" / "reliability.json"
 DOC = ROOT / "docs" / "reliability.md"
-ORDER = ("restart", "restart-plain", "stall", "crash", "rebalance", "backpressure", "soak")
+ORDER = (
+    "restart",
+    "restart-plain",
+    "stall",
+    "crash",
+    "crash-eos",
+    "rebalance",
+    "backpressure",
+    "output-failures",
+    "soak",
+)
+TITLES = {  # scenario titles as the table shows them (to keep rows not re-run)
+    "restart": "broker restart (idempotent producer)",
+    "restart-plain": "broker restart (plain producer)",
+    "stall": "network stall (broker SIGSTOP)",
+    "crash": "SIGKILL crash runs",
+    "crash-eos": "SIGKILL crash runs (--exactly-once)",
+    "rebalance": "rebalance under load",
+    "backpressure": "slow downstream (output broker SIGSTOP)",
+    "output-failures": "output failures (retry budget)",
+    "soak": "soak",
+}
 
 
 def run(names: list[str], args: argparse.Namespace, workdir: Path) -> dict[str, Outcome]:
@@ -49,9 +72,15 @@ def run(names: list[str], args: argparse.Namespace, workdir: Path) -> dict[str, 
         "restart-plain": lambda: broker_restart(bundle, workdir, args.restart_records, 6.0, False),
         "stall": lambda: broker_stall(bundle, workdir, args.stall_rate, args.stall_seconds),
         "crash": lambda: crash_runs(bundle, workdir, args.crashes, args.crash_rate, args.seed),
+        "crash-eos": lambda: crash_runs(
+            bundle, workdir, args.eos_crashes, args.crash_rate, args.seed, exactly_once=True
+        ),
         "rebalance": lambda: rebalance_under_load(bundle, workdir, args.rebalance_rate),
         "backpressure": lambda: back_pressure(
             bundle, workdir, args.backpressure_records, args.pause_seconds
+        ),
+        "output-failures": lambda: output_failures(
+            bundle, workdir, args.output_failure_records, args.output_outage_seconds
         ),
         "soak": lambda: soak(bundle, workdir, args.soak_records, args.rss_every),
     }
@@ -96,6 +125,12 @@ def _notes(name: str, row: dict) -> str:
             f"committed before stall kept: {d['committed_kept']}, its records delivered: "
             f"{d['committed_records_delivered']}"
         )
+    if name == "crash-eos":
+        books = d["accounting"]
+        return (
+            f"read_committed view: {books['duplicates']} duplicate outputs, "
+            f"{books['alert_duplicates']} duplicate alerts, {books['missing']} missing"
+        )
     if name == "crash":
         return (
             f"duplicates per crash max {d['max_duplicates_per_crash']} "
@@ -108,8 +143,14 @@ def _notes(name: str, row: dict) -> str:
         )
     if name == "backpressure":
         return (
-            f"polling stopped: {d['polling_stopped']}, uncommitted at resume "
-            f"{d['uncommitted_at_resume']:.0f} (bound {d['in_flight_bound']})"
+            f"input paused: {d['polling_stopped']}, uncommitted at resume "
+            f"{d['uncommitted_at_resume']:.0f} (bound {d['in_flight_bound']}), partitions kept: "
+            f"{d.get('revocations') == 0}, poll-timeout warnings {d.get('poll_timeout_warnings')}"
+        )
+    if name == "output-failures":
+        return (
+            f"{d['delivery_failures_logged']} failed deliveries rewound, exit statuses "
+            f"{d['exit_statuses']}, partitions revoked {d['revocations']}"
         )
     if name == "soak":
         return (
@@ -126,8 +167,23 @@ FINDINGS = """## What these runs found
   `commit()` raised `RuntimeError`; `poll()` then raised and `serve` exited (and, with the
   dead member never rejoining, the newcomer waited without partitions). Only a member with
   handled-but-uncommitted records was affected, so idle two-member tests passed. The
-  checkpoint now commits asynchronously from that thread (row *rebalance under load*; the
-  21-crash row was run after the fix).
+  listener is now an `AsyncConsumerRebalanceListener`: it waits for in-flight outputs with
+  kafka-python's awaitable sleep (heartbeats continue) and awaits the commit (row
+  *rebalance under load*).
+- **Fixed: an output outage longer than `max_poll_interval_ms` dropped the member.** The
+  checkpoint used to block without polling while the producer could not deliver. The input
+  partitions are now paused and `poll()` continues (row *slow downstream*: an outage longer
+  than a 5 s `max_poll_interval_ms`, no revocation, no poll-timeout warning).
+- **Fixed: one refused send exited with code 2.** A send blocked on a full buffer or on
+  metadata raised out of the checkpoint that ran inside it. Sends now only report a typed
+  failure; the loop rewinds and counts it against `--max-delivery-failures`, and exits 3
+  only when that budget is spent (row *output failures*).
+- **Exactly-once, and a Tansu gap.** With `--exactly-once` the outputs and offsets of a batch
+  commit in one transaction. Tansu 0.6 writes the abort markers but returns no
+  aborted-transaction list in fetch responses, so its read_committed consumers still see the
+  records of aborted transactions (those a SIGKILL left open); the test reader rebuilds the
+  abort index from the markers it fetched (`anomaly.testing.kafka.transaction_markers`), as a
+  Kafka broker would. Row *SIGKILL crash runs (--exactly-once)* counts that view.
 - **Fixed: hostile image files** (IDX headers claiming huge or empty frames, corrupt gzip
   streams, NPZ members with unknown compression or the encryption flag) raised
   `MemoryError` / `OverflowError` / `zlib.error` / `RuntimeError` instead of a classified
@@ -148,11 +204,16 @@ FINDINGS = """## What these runs found
 """
 
 
+def _previous_lines() -> list[str]:
+    """The current document's lines (rows of scenarios not re-run are carried over)."""
+    return DOC.read_text().splitlines() if DOC.exists() else []
+
+
 def write_doc(rows: dict[str, dict]) -> None:
     lines = [
         "# Reliability: faults, load and the books",
         "",
-        "Produced by `bench/reliability.py` (scenarios in `tests/reliability_scenarios.py`,",
+        "Produced by `bench/reliability.py` (scenarios in `anomaly/testing/reliability.py`,",
         "the same code `tests/test_reliability.py` runs with small sizes in CI). Every row is",
         "a real Tansu broker on 127.0.0.1, real `anomaly serve` subprocesses and real signals.",
         "*Records accounted* = input offsets found, by reading the output topics back, as a",
@@ -172,8 +233,10 @@ def write_doc(rows: dict[str, dict]) -> None:
         "| max RSS (MiB) | ok | notes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    kept = _previous_lines()
     for name in ORDER:
         if name not in rows:
+            lines += [line for line in kept if line.startswith(f"| {TITLES[name]} |")]
             continue
         r = rows[name]
         lines.append(
@@ -186,6 +249,8 @@ def write_doc(rows: dict[str, dict]) -> None:
         if name in rows:
             r = rows[name]
             lines.append(f"- {r['scenario']} ({r['when']}, {r['seconds']:.0f} s): `{r['command']}`")
+        else:
+            lines += [line for line in kept if line.startswith(f"- {TITLES[name]} (")]
     lines += [
         "",
         f"Machine: {platform.machine()}, Python {platform.python_version()}, a shared 2-core VM;",
@@ -207,10 +272,13 @@ def main() -> int:
     parser.add_argument("--stall-seconds", type=float, default=10.0)
     parser.add_argument("--crashes", type=int, default=21)
     parser.add_argument("--crash-rate", type=float, default=1500.0)
+    parser.add_argument("--eos-crashes", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rebalance-rate", type=float, default=3000.0)
     parser.add_argument("--backpressure-records", type=int, default=100_000)
     parser.add_argument("--pause-seconds", type=float, default=15.0)
+    parser.add_argument("--output-failure-records", type=int, default=20_000)
+    parser.add_argument("--output-outage-seconds", type=float, default=8.0)
     parser.add_argument("--soak-records", type=int, default=1_000_000)
     parser.add_argument("--rss-every", type=float, default=3.0)
     parser.add_argument(

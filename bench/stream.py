@@ -1,6 +1,7 @@
 """Stream benchmark: raw kafka-python consume→produce vs `anomaly serve`, on one broker.
 
     python bench/stream.py [--records 200000] [--rate 5000] [--latency-seconds 20]
+                           [--exactly-once]
 
 1. Starts a local Tansu broker (or uses KAFKA_BOOTSTRAP), trains a small GANomaly bundle on
    synthetic transactions (29 features), and produces ``--records`` JSON records.
@@ -9,7 +10,10 @@
      second (the same checkpoint rhythm as serve); no decoding, no model;
    - serve: the StreamService of `anomaly serve` (decode, score, alerts, DLQ, metrics,
      flush + commit every second) — alerts only, its default;
-   - serve + scores: also one score message per record (as many sends as the raw loop).
+   - serve + scores: also one score message per record (as many sends as the raw loop);
+   - with ``--exactly-once``, both serve phases again with a transactional producer
+     (``--exactly-once``: each checkpoint commits the outputs and the offsets in one
+     transaction, every second).
 3. Latency: a separate producer process offers ``--rate`` records/s for
    ``--latency-seconds``; serve (with a scores topic) scores them live. End-to-end latency
    per record = broker timestamp of its score message (producer CreateTime, set when serve
@@ -111,7 +115,14 @@ def raw_loop(bootstrap: str, topic: str, n: int, group: str) -> float:
     return n / elapsed
 
 
-def serve_config(bootstrap: str, bundle: Path, topic: str, group: str, scores: str | None):
+def serve_config(
+    bootstrap: str,
+    bundle: Path,
+    topic: str,
+    group: str,
+    scores: str | None,
+    exactly_once: bool = False,
+):
     from anomaly.stream.config import load_serve_config
 
     return load_serve_config(
@@ -125,20 +136,29 @@ def serve_config(bootstrap: str, bundle: Path, topic: str, group: str, scores: s
             "bootstrap_servers": bootstrap,
             "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 1000,
+            "exactly_once": exactly_once,
+            "transactional_id": f"bench-{group}",
         },
         env={},
     )
 
 
 def serve_loop(
-    bootstrap: str, bundle_path: Path, topic: str, n: int, group: str, scores: str | None
+    bootstrap: str,
+    bundle_path: Path,
+    topic: str,
+    n: int,
+    group: str,
+    scores: str | None,
+    exactly_once: bool = False,
 ) -> float:
     """records/s of the real StreamService over ``n`` records (first consumed → last committed)."""
     from anomaly.model.bundle import Bundle
     from anomaly.stream.service import StreamService
 
     service = StreamService(
-        serve_config(bootstrap, bundle_path, topic, group, scores), Bundle.load(bundle_path)
+        serve_config(bootstrap, bundle_path, topic, group, scores, exactly_once),
+        Bundle.load(bundle_path),
     )
     marks: dict[str, float] = {}
 
@@ -235,6 +255,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000.0)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--bundle", type=Path, default=None, help="Use this bundle instead.")
+    parser.add_argument(
+        "--exactly-once", action="store_true", help="Also time both serve phases transactional."
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -270,8 +293,27 @@ def main() -> None:
         "scores", lambda b, t: serve_loop(b, bundle, t, n, f"scores-{t}", f"scores-{t}")
     )
     print(f"serve + scores topic: {serve_scores:,.0f} records/s", flush=True)
-    live = phase("latency", lambda b, t: latency(b, bundle, args.rate, args.latency_seconds))
-    print(f"latency at {args.rate:.0f} rec/s: {live}", flush=True)
+    exactly_once = {}
+    if args.exactly_once:
+        eos = phase("eos", lambda b, t: serve_loop(b, bundle, t, n, f"eos-{t}", None, True))
+        print(f"serve --exactly-once (alerts only): {eos:,.0f} records/s", flush=True)
+        eos_scores = phase(
+            "eosscores",
+            lambda b, t: serve_loop(b, bundle, t, n, f"eosscores-{t}", f"scores-{t}", True),
+        )
+        print(f"serve --exactly-once + scores topic: {eos_scores:,.0f} records/s", flush=True)
+        exactly_once = {
+            "exactly_once_records_per_s": eos,
+            "exactly_once_ratio": eos / raw,
+            "exactly_once_vs_serve": eos / serve,
+            "exactly_once_with_scores_records_per_s": eos_scores,
+            "exactly_once_with_scores_ratio": eos_scores / raw,
+            "exactly_once_with_scores_vs_serve_with_scores": eos_scores / serve_scores,
+        }
+    live = {}
+    if args.latency_seconds > 0:
+        live = phase("latency", lambda b, t: latency(b, bundle, args.rate, args.latency_seconds))
+        print(f"latency at {args.rate:.0f} rec/s: {live}", flush=True)
     result = {
         "records": args.records,
         "broker": "external" if external else "tansu (memory)",
@@ -281,6 +323,7 @@ def main() -> None:
         "serve_ratio": serve / raw,
         "serve_with_scores_records_per_s": serve_scores,
         "serve_with_scores_ratio": serve_scores / raw,
+        **exactly_once,
         "latency": {"offered_rate": args.rate, "seconds": args.latency_seconds, **live},
     }
     out = ROOT / "bench" / "out"

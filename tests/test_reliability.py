@@ -6,7 +6,7 @@ message; an alert as well when over the threshold) or dead-lettered, never both,
 missing. The scenarios live in anomaly/testing/reliability.py, shared with
 bench/reliability.py, which runs them at full size for docs/reliability.md.
 
-The default run (CI) uses small, bounded sizes: under 4 minutes in all on a 2-core machine.
+The default run (CI) uses small, bounded sizes: about 6 minutes in all on a 2-core machine.
 The long versions (21 SIGKILL crashes, a 1M-record soak, a longer stall and pause) are
 marked ``slow`` and only run with ``ANOMALY_RELIABILITY_LONG=1``::
 
@@ -26,6 +26,7 @@ from anomaly.testing.reliability import (
     broker_restart,
     broker_stall,
     crash_runs,
+    output_failures,
     rebalance_under_load,
     soak,
 )
@@ -86,13 +87,51 @@ def test_a_member_joining_while_another_is_busy_kills_neither(tiny_bundle, tmp_p
     assert_books(outcome)
 
 
-def test_blocked_output_broker_applies_back_pressure(tiny_bundle, tmp_path):
-    outcome = back_pressure(tiny_bundle, tmp_path, records=20_000, pause_s=6.0)
+def test_output_outage_longer_than_max_poll_interval_pauses_and_keeps_the_group(
+    tiny_bundle, tmp_path
+):
+    outcome = back_pressure(
+        tiny_bundle, tmp_path, records=20_000, pause_s=8.0, max_poll_interval_ms=5000
+    )
     d = outcome.details
     assert d["polling_stopped"] and d["backpressure_logged"], explain(outcome)
     assert 0 <= d["uncommitted_at_resume"] <= d["in_flight_bound"], explain(outcome)
+    # Paused, still polling: the member kept both partitions through an outage longer than
+    # max_poll_interval_ms, and stayed live.
+    assert set(d["partitions_held_while_paused"]) == {2.0}, explain(outcome)
+    assert d["revocations"] == 0 and d["poll_timeout_warnings"] == 0, explain(outcome)
+    assert d["healthy_while_paused"] and d["resumed_logged"], explain(outcome)
     assert d["exit_status"] == 0, explain(outcome)
     assert_books(outcome)
+
+
+def test_failed_deliveries_within_the_budget_do_not_exit(tiny_bundle, tmp_path):
+    outcome = output_failures(tiny_bundle, tmp_path, records=10_000, pause_s=6.0)
+    d = outcome.details
+    assert d["delivery_failures_logged"] >= 1, explain(outcome)
+    assert d["alive_through_outage"] and not d["gave_up_logged"], explain(outcome)
+    assert d["revocations"] == 0 and d["exit_statuses"] == [0], explain(outcome)
+    assert_books(outcome)
+
+
+def test_a_spent_retry_budget_exits_3_and_a_restart_loses_nothing(tiny_bundle, tmp_path):
+    outcome = output_failures(
+        tiny_bundle, tmp_path, records=10_000, pause_s=30.0, max_delivery_failures=2
+    )
+    d = outcome.details
+    assert d["exited_during_outage"] and d["gave_up_logged"], explain(outcome)
+    assert d["exit_statuses"] == [3, 0], explain(outcome)
+    assert_books(outcome)
+
+
+def test_exactly_once_sigkills_leave_no_duplicate_in_the_committed_view(tiny_bundle, tmp_path):
+    outcome = crash_runs(tiny_bundle, tmp_path, crashes=3, rate=1000.0, seed=2, exactly_once=True)
+    d = outcome.details
+    assert d["final_exit_status"] == 0, explain(outcome)
+    assert_books(outcome)
+    books = d["accounting"]
+    assert books["duplicates"] == 0 and books["alert_duplicates"] == 0, explain(outcome)
+    assert outcome.ok, explain(outcome)
 
 
 @pytest.mark.slow

@@ -114,6 +114,11 @@ class Checkpoint:
         try:
             output.flush(flush_timeout_s)
         except KafkaTimeoutError:
+            # Still waiting; but one failed send already means a rewind, and waiting for the
+            # rest could take as long as the producer keeps retrying them.
+            error = self.failure()
+            if error is not None:
+                return Result(Outcome.DELIVERY_FAILED, self.records, error)
             return Result(Outcome.BACKPRESSURED, self.records)
         error = self.failure()
         if error is not None:

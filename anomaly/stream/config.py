@@ -281,6 +281,7 @@ class ServeConfig:
             "linger_ms": 5,
             "retries": 5,
             "max_block_ms": int(self.flush_timeout_s * 1000),
+            "bootstrap_timeout_ms": int(self.flush_timeout_s * 1000),
         }
         if self.exactly_once:
             settings["transactional_id"] = self.transaction_id()

@@ -119,4 +119,10 @@ class Output:
         if not clean:
             self.abort()
         if self._producer is not None:
-            self._producer.close(timeout=self.config.flush_timeout_s if clean else 0)
+            try:
+                self._producer.close(timeout=self.config.flush_timeout_s if clean else 0)
+            except KafkaError as exc:  # kafka-python 3 raises when records are left unsent
+                log.warning(
+                    "closed the producer with records unsent; they were not committed",
+                    extra={"event": "close", "error": repr(exc)},
+                )

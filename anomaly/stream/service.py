@@ -14,10 +14,8 @@ quiet. ``_decide`` is the one place that turns a checkpoint result into what hap
   when that budget is spent, exit 3;
 - commit failed (partitions moved): forget; the new owner re-reads.
 
-On revocation (kafka-python runs the listener on its IO thread while this loop waits in
-``poll``): records not yet scored are dropped (the next owner reads them), outputs already
-handed over get a short wait that yields to heartbeats, then the delivered offsets are
-committed synchronously (awaited), or, with exactly-once, the open transaction is aborted.
+Revocation is handled in ``anomaly.stream.rebalance``, threshold hot reload in
+``anomaly.stream.threshold``.
 """
 
 from __future__ import annotations
@@ -26,13 +24,12 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from anomaly.errors import AnomalyError
 from anomaly.stream.checkpoint import Checkpoint, DeliveryError, ExitCode, Outcome, Result
 from anomaly.stream.config import ServeConfig
 from anomaly.stream.logs import configure_logging
@@ -41,7 +38,9 @@ from anomaly.stream.output import Output, SendFailed
 
 # The process wiring lives in anomaly.stream.process; these names stay importable from here.
 from anomaly.stream.process import backend_info, install_signal_handlers, serve
+from anomaly.stream.rebalance import RebalanceListener
 from anomaly.stream.scoring import BatchScorer, ScoredBatch, Scorer
+from anomaly.stream.threshold import ThresholdWatcher
 
 __all__ = [
     "LoopState",
@@ -63,22 +62,6 @@ class LoopState(enum.Enum):
     RUNNING = "running"
     BACKPRESSURED = "backpressured"  # input paused until the outstanding outputs deliver
     BACKING_OFF = "backing_off"  # input paused after a failed delivery, until the retry time
-
-
-class _Listener(AsyncConsumerRebalanceListener):
-    """Forwards kafka-python's rebalance callbacks to the service (awaited on its IO loop)."""
-
-    def __init__(self, service: StreamService):
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        await self.service._on_revoked(list(revoked), lost=False)
-
-    async def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
-        await self.service._on_revoked(list(lost), lost=True)
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self.service._on_assigned(list(assigned))
 
 
 class StreamService:
@@ -109,15 +92,17 @@ class StreamService:
         self.checkpoint = Checkpoint()
         self.observers: list[Callable[[ScoredBatch], None]] = []
         self.state = LoopState.RUNNING
+        self.threshold = ThresholdWatcher(
+            scorer, self.metrics, config.threshold_refresh_s, time.monotonic()
+        )
         self._consumer = consumer
         self._stop = stop_event or threading.Event()
-        self._pending: list[Any] = []
+        self.pending: list[Any] = []  # polled, not yet scored
         self._pending_since = 0.0
         self._positions: dict[TopicPartition, int] = {}
         self._assigned: list[TopicPartition] = []
         self._failures = 0
         self._retry_at = 0.0
-        self._last_refresh = time.monotonic()
         self._consumed = self.metrics.consumed.labels(topic=config.input_topic)
         self.records_consumed = 0
 
@@ -137,6 +122,11 @@ class StreamService:
         return len(self._assigned)
 
     @property
+    def consumer(self) -> KafkaConsumer:
+        """The input consumer (after ``run`` connected it)."""
+        return self._consumer
+
+    @property
     def uncommitted(self) -> int:
         """Records handled since the last checkpoint."""
         return self.checkpoint.records
@@ -144,7 +134,7 @@ class StreamService:
     def run(self) -> int:
         """Serve until stopped; returns an ``ExitCode`` (see docs/streaming.md)."""
         self._connect()
-        self._publish_threshold()
+        self.threshold.publish()
         log.info(
             "serving",
             extra={
@@ -162,7 +152,7 @@ class StreamService:
             while not self._stop.is_set():
                 self._step()
             if self.state is not LoopState.RUNNING:
-                self._pending = []  # not scored, not committed: re-read after a restart
+                self.pending = []  # not scored, not committed: re-read after a restart
             failure = self._process_pending()
             status = self._decide(failure or self._checkpoint(), final=True) or ExitCode.OK
         except DeliveryError as exc:
@@ -179,7 +169,7 @@ class StreamService:
     def _connect(self) -> None:
         if self._consumer is None:
             self._consumer = KafkaConsumer(**self.config.consumer_settings())
-        self._consumer.subscribe([self.config.input_topic], listener=_Listener(self))
+        self._consumer.subscribe([self.config.input_topic], listener=RebalanceListener(self))
         if self.output.transactional:
             self.output.producer  # noqa: B018 - init_transactions now, not mid-batch
 
@@ -190,24 +180,24 @@ class StreamService:
         if self.state is LoopState.BACKING_OFF and now >= self._retry_at:
             self._resume("retrying after a failed delivery")
         flowing = self.state is LoopState.RUNNING
-        if self._pending and flowing:
+        if self.pending and flowing:
             wait_ms = max(0, config.max_wait_ms - int((now - self._pending_since) * 1000))
         else:
             wait_ms = max(config.max_wait_ms, 100)
-        room = max(1, config.max_batch - len(self._pending))
+        room = max(1, config.max_batch - len(self.pending))
         polled = self._consumer.poll(timeout_ms=wait_ms, max_records=room)
         if polled:
-            if not self._pending:
+            if not self.pending:
                 self._pending_since = time.monotonic()
             for records in polled.values():
-                self._pending.extend(records)
+                self.pending.extend(records)
         now = time.monotonic()
         result: Result | None = None
         if (
-            self._pending
+            self.pending
             and self.state is LoopState.RUNNING
             and (
-                len(self._pending) >= config.max_batch
+                len(self.pending) >= config.max_batch
                 or (now - self._pending_since) * 1000 >= config.max_wait_ms
             )
         ):
@@ -225,13 +215,11 @@ class StreamService:
             result = self._checkpoint()
         if result is not None:
             self._decide(result)
-        if now - self._last_refresh >= config.threshold_refresh_s:
-            self._last_refresh = now
-            self._refresh_threshold()
+        self.threshold.maybe_refresh(now)
 
     def _process_pending(self) -> Result | None:
         """Score and produce the pending micro-batch; a refused send comes back as a result."""
-        batch, self._pending = self._pending, []
+        batch, self.pending = self.pending, []
         if not batch:
             return None
         self._consumed.inc(len(batch))
@@ -324,7 +312,7 @@ class StreamService:
     def _rewind(self) -> None:
         """Seek back to the first record not committed (handled or still pending)."""
         targets = dict(self.checkpoint.first_offsets)
-        for record in self._pending:
+        for record in self.pending:
             tp = TopicPartition(record.topic, record.partition)
             targets[tp] = min(targets.get(tp, record.offset), record.offset)
         assigned = set(self._consumer.assignment())
@@ -332,7 +320,7 @@ class StreamService:
             if tp in assigned:
                 self._consumer.seek(tp, offset)
                 self._positions[tp] = offset
-        self._pending = []
+        self.pending = []
         self.output.abort()
         self.checkpoint.reset()
         self.output.reset()
@@ -346,65 +334,21 @@ class StreamService:
         self._consumer.resume(*self._consumer.paused())
         log.info("input resumed: " + why, extra={"event": "resumed"})
 
-    # --- rebalance (kafka-python's IO thread, while the loop waits in poll or close) ---------
-    async def _on_revoked(self, revoked: list[TopicPartition], lost: bool) -> None:
-        log.info(
-            "partitions lost" if lost else "partitions revoked",
-            extra={
-                "event": "lost" if lost else "revoked",
-                "partitions": [f"{tp.topic}-{tp.partition}" for tp in revoked],
-                "dropped_unscored": len(self._pending),
-            },
-        )
-        self._pending = []  # neither scored nor committed: the next owner reads them
-        if not self.checkpoint.empty:
-            if lost or self.output.transactional:
-                self._abandon_on_revoke("lost" if lost else "exactly_once")
-            else:
-                await self._commit_on_revoke()
+    # --- rebalance (called by RebalanceListener on kafka-python's IO thread, in poll/close) ----
+    def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """The partitions are gone: forget their positions and lag; not ready until assigned."""
         for tp in revoked:
             self._positions.pop(tp, None)
-            self._remove_lag(tp)
+            try:
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
         self._assigned = []
         self.metrics.assigned_partitions.set(0)
         self.metrics.set_ready(False)
 
-    async def _commit_on_revoke(self) -> None:
-        """Wait (yielding to heartbeats) for the outputs in flight, then commit and await it."""
-        deadline = time.monotonic() + min(
-            self.config.flush_timeout_s, self.config.session_timeout_ms / 2000
-        )
-        while not self.checkpoint.settled() and time.monotonic() < deadline:
-            # kafka-python's own awaitable sleep: heartbeats run while this waits.
-            await self._consumer._net.sleep(0.01)
-        if not self.checkpoint.settled() or self.checkpoint.failure() is not None:
-            self._abandon_on_revoke("undelivered")
-            return
-        records = self.checkpoint.records
-        try:
-            await self._consumer.commit_async(self.checkpoint.offsets())
-        except KafkaError as exc:
-            log.warning(
-                "commit on revocation failed; the new owner re-reads those records",
-                extra={"event": "commit_failed", "error": repr(exc)},
-            )
-        else:
-            self.metrics.commits.inc()
-            self.metrics.last_commit.set(time.time())
-            log.info(
-                "committed on revocation", extra={"event": "revoke_commit", "records": records}
-            )
-        self.checkpoint.reset()
-
-    def _abandon_on_revoke(self, why: str) -> None:
-        log.warning(
-            "handing the partitions over without committing; the new owner re-reads them",
-            extra={"event": "revoke_abandon", "reason": why, "records": self.checkpoint.records},
-        )
-        self.output.abort()
-        self.checkpoint.reset()
-
-    def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+    def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        """New partitions: keep them paused while backing off, else the input flows."""
         self._assigned = assigned
         if self.state is LoopState.BACKING_OFF:
             self._consumer.pause(*assigned)
@@ -420,13 +364,7 @@ class StreamService:
             },
         )
 
-    # --- lag, threshold, close -------------------------------------------------------------------
-    def _remove_lag(self, tp: TopicPartition) -> None:
-        try:
-            self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-        except KeyError:
-            pass
-
+    # --- lag, close -------------------------------------------------------------------
     def _update_lag(self) -> None:
         for tp in self._assigned:
             highwater = self._consumer.highwater(tp)
@@ -435,36 +373,6 @@ class StreamService:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                     max(0, highwater - position)
                 )
-
-    def _publish_threshold(self) -> None:
-        self.metrics.set_threshold(
-            float(self.scorer.threshold),
-            int(self.scorer.threshold_version),
-            self.scorer.expected_anomaly_rate,
-        )
-
-    def _refresh_threshold(self) -> None:
-        before = float(self.scorer.threshold)
-        try:
-            changed = self.scorer.refresh_threshold()
-        except AnomalyError as exc:
-            log.error(
-                "could not re-read the threshold; keeping the current one",
-                extra={"event": "threshold_reload_failed", "error": str(exc)},
-            )
-            return
-        if changed:
-            self.metrics.threshold_reloads.inc()
-            self._publish_threshold()
-            log.info(
-                "threshold reloaded",
-                extra={
-                    "event": "threshold_reloaded",
-                    "previous": before,
-                    "threshold": float(self.scorer.threshold),
-                    "threshold_version": int(self.scorer.threshold_version),
-                },
-            )
 
     def _close(self, clean: bool) -> None:
         if self._consumer is not None:

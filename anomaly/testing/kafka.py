@@ -1,8 +1,10 @@
-"""Helpers for tests against the real broker: produce, read a whole topic, committed offsets,
-scrape /metrics, and run ``anomaly serve`` as a real subprocess."""
+"""Helpers for tests against the real broker: produce, read a whole topic (everything, or only
+committed transactions), committed offsets, scrape /metrics, and run ``anomaly serve`` as a
+real subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,11 +12,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import Fetcher
+from kafka.record.memory_records import MemoryRecords
 from prometheus_client.parser import text_string_to_metric_families
 
 from anomaly.demo.broker import free_port
@@ -34,12 +38,33 @@ def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, byte
 
 
 def read_topic(
-    bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30.0, idle: float = 1.5
+    bootstrap: str,
+    topic: str,
+    expect: int | None = None,
+    timeout: float = 30.0,
+    idle: float = 1.5,
+    committed_only: bool = False,
 ) -> list[Any]:
     """Every record of ``topic`` from the beginning (no group): until ``expect`` records have
-    arrived, or, without ``expect``, until nothing new came for ``idle`` seconds."""
+    arrived, or, without ``expect``, until nothing new came for ``idle`` seconds.
+
+    ``committed_only``: the ``read_committed`` view, records of aborted or still open
+    transactions left out (see ``transaction_markers``)."""
+    if committed_only:
+        with transaction_markers() as markers:
+            records = _read_topic(bootstrap, topic, expect, timeout, idle, True)
+        return markers.committed(records)
+    return _read_topic(bootstrap, topic, expect, timeout, idle, False)
+
+
+def _read_topic(
+    bootstrap: str, topic: str, expect: int | None, timeout: float, idle: float, isolation: bool
+) -> list[Any]:
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if isolation else "read_uncommitted",
     )
     deadline = time.monotonic() + timeout
     partitions = None
@@ -66,6 +91,77 @@ def read_topic(
             break
     consumer.close()
     return records
+
+
+class TransactionMarkers:
+    """Transactional batches and commit/abort markers a consumer fetched, per partition."""
+
+    def __init__(self) -> None:
+        # (topic, partition, base offset) -> (last offset, producer id, is control, is abort)
+        self.batches: dict[tuple[str, int, int], tuple[int, int, bool, bool]] = {}
+
+    def scan(self, tp: TopicPartition, records: MemoryRecords) -> None:
+        """Note every transactional batch and marker of one fetched partition buffer."""
+        view = MemoryRecords(records._buffer)
+        batch = view.next_batch()
+        while batch is not None:
+            if batch.magic == 2 and batch.has_producer_id() and batch.is_transactional:
+                abort = bool(batch.is_control_batch and next(batch).abort)
+                key = (tp.topic, tp.partition, batch.base_offset)
+                self.batches[key] = (
+                    batch.last_offset,
+                    batch.producer_id,
+                    batch.is_control_batch,
+                    abort,
+                )
+            batch = view.next_batch()
+
+    def aborted(self) -> set[tuple[str, int, int]]:
+        """(topic, partition, offset) of every record whose transaction was aborted."""
+        out: set[tuple[str, int, int]] = set()
+        open_: dict[tuple[str, int, int], list[tuple[int, int]]] = {}
+        for (topic, partition, base), (last, producer, control, abort) in sorted(
+            self.batches.items()
+        ):
+            key = (topic, partition, producer)
+            if not control:
+                open_.setdefault(key, []).append((base, last))
+                continue
+            for first, end in open_.pop(key, []):
+                if abort:
+                    out.update((topic, partition, o) for o in range(first, end + 1))
+        return out
+
+    def committed(self, records: list[Any]) -> list[Any]:
+        """``records`` without those of aborted transactions."""
+        aborted = self.aborted()
+        return [r for r in records if (r.topic, r.partition, r.offset) not in aborted]
+
+
+@contextlib.contextmanager
+def transaction_markers() -> Iterator[TransactionMarkers]:
+    """Record the transaction markers of every fetch in this process while the block runs.
+
+    A Kafka broker sends a read_committed consumer the list of aborted transactions with
+    each fetch; Tansu 0.6 writes the commit/abort markers but sends an empty list, so its
+    read_committed view hides open transactions (last stable offset) yet shows aborted
+    ones. This rebuilds the broker's abort index from the markers the consumer fetched, so
+    tests can reconcile the view a real read_committed consumer gets.
+    """
+    markers = TransactionMarkers()
+    original = Fetcher.PartitionRecords.__init__
+
+    def spy(
+        self: Any, fetch_offset: int, tp: TopicPartition, records: Any, *a: Any, **k: Any
+    ) -> None:
+        markers.scan(tp, records)
+        original(self, fetch_offset, tp, records, *a, **k)
+
+    Fetcher.PartitionRecords.__init__ = spy
+    try:
+        yield markers
+    finally:
+        Fetcher.PartitionRecords.__init__ = original
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:

@@ -35,7 +35,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from anomaly.demo.broker import LocalBroker, create_topic, free_port
 from anomaly.testing.data import FEATURES
-from anomaly.testing.kafka import committed, metric_sum, scrape, wait_until
+from anomaly.testing.kafka import (
+    committed,
+    metric_sum,
+    scrape,
+    transaction_markers,
+    wait_until,
+)
 
 Source = tuple[int, int]  # (partition, offset) in the input topic
 
@@ -251,15 +257,26 @@ class Serve:
 
 # --- reading back and accounting ---------------------------------------------------------------
 def read_all(
-    bootstrap: str, topic: str, expect: int | None = None, timeout: float = 120.0, idle: float = 1.5
+    bootstrap: str,
+    topic: str,
+    expect: int | None = None,
+    timeout: float = 120.0,
+    idle: float = 1.5,
+    committed_only: bool = False,
 ) -> list[Any]:
     """Every record of ``topic`` from the start, without a group: until ``expect`` arrived,
-    or until nothing new came for ``idle`` seconds."""
+    or until nothing new came for ``idle`` seconds. ``committed_only``: the read_committed
+    view (records of aborted or open transactions left out)."""
+    if committed_only:
+        with transaction_markers() as markers:
+            records = read_all(bootstrap, topic, expect, timeout, idle)
+        return markers.committed(records)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=5000,
+        isolation_level="read_committed",
     )
     try:
         deadline = time.monotonic() + timeout
@@ -327,13 +344,16 @@ def _json_source(message: Any) -> Source:
     return int(source["partition"]), int(source["offset"])
 
 
-def account(bootstrap: str, topics: dict[str, str], ends: dict[int, int]) -> Accounting:
+def account(
+    bootstrap: str, topics: dict[str, str], ends: dict[int, int], committed_only: bool = False
+) -> Accounting:
     """Reconcile: every input offset below ``ends`` must be scored or dead-lettered (not both),
-    and every score over its threshold must have an alert (de-duplicated by source offset)."""
+    and every score over its threshold must have an alert (de-duplicated by source offset).
+    ``committed_only``: reconcile the read_committed view of the outputs."""
     expected = {(p, o) for p, end in ends.items() for o in range(end)}
-    scores = read_all(bootstrap, topics["scores_topic"])
-    dead = read_all(bootstrap, topics["dlq_topic"])
-    alerts = read_all(bootstrap, topics["alert_topic"])
+    scores = read_all(bootstrap, topics["scores_topic"], committed_only=committed_only)
+    dead = read_all(bootstrap, topics["dlq_topic"], committed_only=committed_only)
+    alerts = read_all(bootstrap, topics["alert_topic"], committed_only=committed_only)
     deliveries: dict[Source, list[int]] = defaultdict(list)
     scored: set[Source] = set()
     over: set[Source] = set()
@@ -659,6 +679,7 @@ def crash_runs(
     seed: int = 0,
     max_batch: int = 100,
     max_in_flight: int = 2000,
+    exactly_once: bool = False,
 ) -> Outcome:
     """SIGKILL serve at random moments, ``crashes`` times, while a producer feeds the input at
     ``rate`` records/s; then one last member drains, and every input offset is reconciled.
@@ -672,6 +693,12 @@ def crash_runs(
     past the last commit: the next batch was not yet produced), ``uncommitted`` (outputs
     delivered, not committed: between produce and commit), ``rebalance`` or ``startup``
     (killed before it held partitions).
+
+    ``exactly_once``: serve runs with ``--exactly-once`` and the outputs are reconciled in
+    their read_committed view, where no record may appear twice. Every replacement reuses the
+    killed member's transactional id (as a restarted pod of a StatefulSet would), so it
+    aborts the transaction its predecessor left open; kills during a rebalance (two live
+    members, hence two ids) are left out.
     """
     began = time.monotonic()
     rng = random.Random(seed)
@@ -684,6 +711,8 @@ def crash_runs(
         # idle (everything committed), so random kills land in both.
         feeder = Feeder(broker.bootstrap, topics["input_topic"], rate, seed=5, burst=int(rate * 2))
         extra = ("--max-batch", str(max_batch), "--max-in-flight", str(max_in_flight))
+        if exactly_once:
+            extra += ("--exactly-once",)
 
         def member(name: str) -> Serve:
             serve = Serve(broker.bootstrap, bundle, topics, workdir / f"crash-{name}.log", *extra)
@@ -697,7 +726,7 @@ def crash_runs(
         kills: list[float] = []
         kinds: list[str] = []
         for i in range(crashes):
-            if i % 3 == 2:
+            if i % 3 == 2 and not exactly_once:
                 # Crash during a rebalance: a new member joins, the current one starts revoking.
                 if not wait_until(lambda s=current: holds_partitions(s), 120, 0.2):
                     raise AssertionError("member never got partitions:\n" + current.log())
@@ -729,13 +758,14 @@ def crash_runs(
         ends = input_ends(broker.bootstrap, topics["input_topic"], total)
         caught_up = wait_until(drained(broker.bootstrap, topics, ends), 240, 0.5)
         status = current.terminate()
-        books = account(broker.bootstrap, topics, ends)
+        books = account(broker.bootstrap, topics, ends, committed_only=exactly_once)
         per_crash = duplicates_per_crash(books.deliveries, kills)
-        bound = max_in_flight + max_batch
+        bound = 0 if exactly_once else max_in_flight + max_batch
         ok = bool(caught_up and status == 0 and books.complete)
         ok = ok and max(per_crash[:-1], default=0) <= bound and per_crash[-1] == 0
+        ok = ok and (not exactly_once or books.alert_duplicates == 0)
         return Outcome(
-            scenario="SIGKILL crash runs",
+            scenario="SIGKILL crash runs" + (" (--exactly-once)" if exactly_once else ""),
             runs=crashes,
             faults=f"{crashes} SIGKILLs ({_tally(kinds)})",
             records_in=books.records_in,
@@ -751,6 +781,7 @@ def crash_runs(
                 "duplicates_without_crash": per_crash[-1],
                 "in_flight_bound": bound,
                 "offered_rate": rate,
+                "exactly_once": exactly_once,
                 "final_exit_status": status,
                 "accounting": _books(books),
             },
@@ -859,11 +890,14 @@ def back_pressure(
     pause_s: float = 10.0,
     max_batch: int = 200,
     max_in_flight: int = 2000,
+    max_poll_interval_ms: int = 5000,
 ) -> Outcome:
     """Input on broker A, outputs on broker B (``ANOMALY_PRODUCER__BOOTSTRAP_SERVERS``); B is
-    SIGSTOPped mid-stream. The service must stop consuming once ``max_in_flight`` records wait
-    for delivery (consumed − committed stays bounded, RSS flat), then resume and account for
-    every record when B comes back."""
+    SIGSTOPped mid-stream for ``pause_s``, longer than ``max_poll_interval_ms``. The service
+    must pause its input once ``max_in_flight`` records wait for delivery (consumed −
+    committed stays bounded, RSS flat) while it keeps polling: the member keeps its
+    partitions (no revocation, no poll-timeout warning from kafka-python, /healthz 200),
+    then resumes and accounts for every record when B comes back."""
     began = time.monotonic()
     source = LocalBroker(log_path=workdir / "tansu-bp-in.log").start()
     sink = LocalBroker(log_path=workdir / "tansu-bp-out.log").start()
@@ -883,6 +917,8 @@ def back_pressure(
             str(max_in_flight),
             "--delivery-timeout-s",
             "2",
+            "--max-poll-interval-ms",
+            str(max_poll_interval_ms),
             env={"ANOMALY_PRODUCER__BOOTSTRAP_SERVERS": sink.bootstrap},
             rss_every=0.5,
         )
@@ -891,8 +927,15 @@ def back_pressure(
         sink.pause()
         paused_at = time.time()
         samples = []
+        held = []  # partitions held, sampled over /metrics through the pause
+        healthy = []
         while time.time() - paused_at < pause_s:
-            samples.append((time.time() - paused_at, serve.consumed()))
+            metrics = serve.metrics()
+            samples.append(
+                (time.time() - paused_at, metric_sum(metrics, "anomaly_records_consumed_total"))
+            )
+            held.append(metrics.get("anomaly_assigned_partitions{}"))
+            healthy.append(_healthy(serve))
             time.sleep(0.5)
         at_resume = committed(source.bootstrap, topics["group"], topics["input_topic"], 2)
         consumed_in_pause = samples[-1][1]
@@ -907,13 +950,20 @@ def back_pressure(
         status = serve.terminate()
         books = account(sink.bootstrap, topics, ends)
         warned = serve.has_event("backpressure")
+        resumed = serve.has_event("resumed")
+        events = serve.events()
+        revocations = _revocations(events)
+        poll_timeouts = sum(1 for e in events if "poll timeout" in str(e.get("message", "")))
+        kept = set(held) == {2.0}
         bound = max_in_flight + max_batch
         ok = bool(stalled and alive and caught_up and status == 0 and books.complete)
         ok = ok and 0 <= uncommitted <= bound and warned and consumed_in_pause < total
+        ok = ok and kept and all(healthy) and revocations == 0 and poll_timeouts == 0
         return Outcome(
             scenario="slow downstream (output broker SIGSTOP)",
             runs=1,
-            faults=f"alert/DLQ/scores broker SIGSTOP {pause_s:.0f} s",
+            faults=f"alert/DLQ/scores broker SIGSTOP {pause_s:.0f} s "
+            f"(max_poll_interval {max_poll_interval_ms / 1000:g} s)",
             records_in=books.records_in,
             accounted=books.accounted,
             duplicates=books.duplicates,
@@ -926,6 +976,12 @@ def back_pressure(
                 "in_flight_bound": bound,
                 "polling_stopped": stalled,
                 "backpressure_logged": warned,
+                "resumed_logged": resumed,
+                "partitions_held_while_paused": held,
+                "healthy_while_paused": all(healthy),
+                "revocations": revocations,
+                "poll_timeout_warnings": poll_timeouts,
+                "max_poll_interval_ms": max_poll_interval_ms,
                 "rss_while_paused_mb": [round(v, 1) for v in rss_in_pause],
                 "exit_status": status,
                 "accounting": _books(books),
@@ -933,6 +989,104 @@ def back_pressure(
         )
     finally:
         if serve is not None:
+            serve.stop()
+        sink.stop()
+        source.stop()
+
+
+def output_failures(
+    bundle: Path,
+    workdir: Path,
+    records: int = 20_000,
+    pause_s: float = 8.0,
+    max_delivery_failures: int = 5,
+    max_poll_interval_ms: int = 5000,
+) -> Outcome:
+    """Outputs on broker B, which is SIGSTOPped for ``pause_s`` while the producer's request
+    and delivery timeouts are short (1.5 s / 2.5 s): sends fail and a fresh producer cannot
+    even bootstrap. Each failed checkpoint rewinds and counts against
+    ``--max-delivery-failures``; within the budget the service stays up (no exit, no lost
+    partition) and drains once B is back; past it, it exits 3 and a restarted member
+    re-reads what was not committed. Either way every record is accounted for."""
+    began = time.monotonic()
+    source = LocalBroker(log_path=workdir / "tansu-of-in.log").start()
+    sink = LocalBroker(log_path=workdir / "tansu-of-out.log").start()
+    members: list[Serve] = []
+    try:
+        topics = new_topics(source.bootstrap, 2, "of")
+        total = produce_records(source.bootstrap, topics["input_topic"], records, seed=9)
+        ends = input_ends(source.bootstrap, topics["input_topic"], total)
+        env = {
+            "ANOMALY_PRODUCER__BOOTSTRAP_SERVERS": sink.bootstrap,
+            "ANOMALY_PRODUCER__REQUEST_TIMEOUT_MS": "1500",
+            "ANOMALY_PRODUCER__DELIVERY_TIMEOUT_MS": "2500",
+        }
+        extra = (
+            "--max-batch",
+            "200",
+            "--max-in-flight",
+            "2000",
+            "--delivery-timeout-s",
+            "1",
+            "--max-delivery-failures",
+            str(max_delivery_failures),
+            "--max-poll-interval-ms",
+            str(max_poll_interval_ms),
+        )
+
+        def member(name: str) -> Serve:
+            serve = Serve(
+                source.bootstrap, bundle, topics, workdir / f"of-{name}.log", *extra, env=env
+            )
+            members.append(serve)
+            return serve
+
+        first = member("0")
+        if not wait_until(lambda: first.consumed() >= total // 10, 120, 0.05):
+            raise AssertionError("serve never got going:\n" + first.log())
+        sink.pause()
+        paused_at = time.monotonic()
+        exited = wait_until(lambda: not first.alive, pause_s, 0.2)
+        alive_through = first.alive
+        sink.resume()
+        outage_s = time.monotonic() - paused_at
+        failures = sum(1 for e in first.events() if e.get("event") == "delivery_failed")
+        if first.alive:
+            caught_up = wait_until(drained(source.bootstrap, topics, ends), 180, 0.5)
+            statuses = [first.terminate()]
+        else:
+            statuses = [first.wait()]
+            second = member("1")
+            caught_up = wait_until(drained(source.bootstrap, topics, ends), 180, 0.5)
+            statuses.append(second.terminate())
+        books = account(sink.bootstrap, topics, ends)
+        revocations = _revocations(first.events())
+        gave_up = first.has_event("gave_up")
+        ok = bool(caught_up and books.complete and statuses[-1] == 0)
+        return Outcome(
+            scenario="output failures (retry budget)",
+            runs=1,
+            faults=f"output broker SIGSTOP {outage_s:.0f} s, failing sends; "
+            f"budget {max_delivery_failures}",
+            records_in=books.records_in,
+            accounted=books.accounted,
+            duplicates=books.duplicates,
+            max_rss_mb=max(m.max_rss for m in members),
+            seconds=time.monotonic() - began,
+            ok=ok,
+            details={
+                "delivery_failures_logged": failures,
+                "alive_through_outage": alive_through,
+                "exited_during_outage": bool(exited),
+                "gave_up_logged": gave_up,
+                "revocations": revocations,
+                "exit_statuses": statuses,
+                "caught_up": bool(caught_up),
+                "accounting": _books(books),
+            },
+        )
+    finally:
+        for serve in members:
             serve.stop()
         sink.stop()
         source.stop()
@@ -1044,6 +1198,18 @@ def soak(
         broker.stop()
 
 
+def _revocations(events: list[dict[str, Any]]) -> int:
+    """Partitions taken away while serving: revoked/lost events that name partitions, before
+    the stop signal (joining revokes nothing; stopping revokes everything)."""
+    count = 0
+    for event in events:
+        if event.get("event") == "signal":
+            break
+        if event.get("event") in ("revoked", "lost") and event.get("partitions"):
+            count += 1
+    return count
+
+
 def _healthy(serve: Serve) -> bool:
     """/healthz answers 200 (the metrics thread lives even while the loop is blocked)."""
     import urllib.request
@@ -1071,6 +1237,7 @@ SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "crash": crash_runs,
     "rebalance": rebalance_under_load,
     "backpressure": back_pressure,
+    "output_failures": output_failures,
     "soak": soak,
 }
 

@@ -1,0 +1,58 @@
+"""Threshold hot reload: ``Bundle.refresh_threshold()`` (a stat of the manifest) every
+``threshold_refresh_s``; a change is logged and counted in ``anomaly_threshold_reloads_total``,
+and the next batch uses it."""
+
+from __future__ import annotations
+
+import logging
+
+from anomaly.errors import AnomalyError
+from anomaly.stream.metrics import Metrics
+from anomaly.stream.scoring import Scorer
+
+log = logging.getLogger("anomaly.stream.service")
+
+
+class ThresholdWatcher:
+    """Publishes the scorer's threshold and re-reads it at most every ``every_s`` seconds."""
+
+    def __init__(self, scorer: Scorer, metrics: Metrics, every_s: float, now: float):
+        self.scorer = scorer
+        self.metrics = metrics
+        self.every_s = every_s
+        self._last = now
+
+    def publish(self) -> None:
+        """Set the threshold gauges from the scorer."""
+        self.metrics.set_threshold(
+            float(self.scorer.threshold),
+            int(self.scorer.threshold_version),
+            self.scorer.expected_anomaly_rate,
+        )
+
+    def maybe_refresh(self, now: float) -> None:
+        """Re-read the threshold when ``every_s`` has passed (monotonic ``now``)."""
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        before = float(self.scorer.threshold)
+        try:
+            changed = self.scorer.refresh_threshold()
+        except AnomalyError as exc:
+            log.error(
+                "could not re-read the threshold; keeping the current one",
+                extra={"event": "threshold_reload_failed", "error": str(exc)},
+            )
+            return
+        if changed:
+            self.metrics.threshold_reloads.inc()
+            self.publish()
+            log.info(
+                "threshold reloaded",
+                extra={
+                    "event": "threshold_reloaded",
+                    "previous": before,
+                    "threshold": float(self.scorer.threshold),
+                    "threshold_version": int(self.scorer.threshold_version),
+                },
+            )
