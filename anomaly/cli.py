@@ -557,11 +557,13 @@ def _serve_options(command: Any) -> Any:
     from anomaly.stream.config import SECRET_ONLY_SETTINGS, describe_settings
 
     for name, doc, default in reversed(describe_settings()):
-        if name not in SECRET_ONLY_SETTINGS:
-            hint = f" [default: {default}]" if default not in (None, ()) else ""
-            command = click.option(
-                "--" + name.replace("_", "-"), name, default=None, help=doc + hint
-            )(command)
+        if name in SECRET_ONLY_SETTINGS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):  # --exactly-once / --no-exactly-once; None = not given
+            flag = f"{flag}/--no-{flag[2:]}"
+        hint = f" [default: {default}]" if default not in (None, ()) else ""
+        command = click.option(flag, name, default=None, help=doc + hint)(command)
     return command
 
 
