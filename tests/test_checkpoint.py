@@ -20,7 +20,7 @@ import pytest
 from anomaly.demo.broker import create_topic
 from anomaly.model.bundle import Bundle
 from anomaly.stream.checkpoint import ExitCode
-from anomaly.stream.config import load_serve_config
+from anomaly.stream.config import ConfigError, load_serve_config
 from anomaly.stream.metrics import Metrics, MetricsServer
 from anomaly.stream.service import StreamService
 from anomaly.testing.data import FEATURES, make_tabular_data, unique_name
@@ -194,3 +194,13 @@ def test_exactly_once_outputs_commit_with_the_offsets(kafka_bootstrap, tiny_bund
     ends = Counter(r.partition for r in read_topic(kafka_bootstrap, topics["input_topic"], total))
     offsets = committed(kafka_bootstrap, topics["group"], topics["input_topic"], 2)
     assert offsets == dict(ends)  # committed through the transactions
+
+
+def test_the_flush_timeout_keeps_polling_within_max_poll_interval_and_under_liveness():
+    base = {"bundle": "b", "input_topic": "i", "alert_topic": "a", "dlq_topic": "d", "group": "g"}
+    config = load_serve_config({**base, "max_poll_interval_ms": 6000}, env={})
+    assert config.flush_timeout_s == 2.0  # a third of max_poll_interval, not 30 s
+    assert config.producer_settings()["max_block_ms"] == 2000
+    assert load_serve_config(base, env={}).flush_timeout_s == 30.0
+    with pytest.raises(ConfigError, match="liveness_timeout_s must exceed"):
+        load_serve_config({**base, "delivery_timeout_s": 90, "liveness_timeout_s": 60}, env={})

@@ -389,8 +389,14 @@ def _validate(config: ServeConfig) -> None:
         raise ConfigError("auto_offset_reset must be 'earliest' or 'latest'")
     if config.sasl_password is not None and config.sasl_password_file is not None:
         raise ConfigError("give the SASL password through the environment or a file, not both")
-    if config.max_delivery_failures < 1 or config.liveness_timeout_s <= 0:
-        raise ConfigError("need max_delivery_failures >= 1 and liveness_timeout_s > 0")
+    if config.max_delivery_failures < 1:
+        raise ConfigError("max_delivery_failures must be at least 1")
+    if config.liveness_timeout_s <= config.flush_timeout_s:
+        # A loop waiting out a flush is alive: /healthz must not fail it for that.
+        raise ConfigError(
+            f"liveness_timeout_s must exceed the flush timeout ({config.flush_timeout_s:g} s: "
+            "delivery_timeout_s capped at a third of max_poll_interval_ms)"
+        )
     if config.dlq_topic == config.input_topic or config.alert_topic == config.input_topic:
         raise ConfigError("the alert and dead-letter topics must differ from the input topic")
 
