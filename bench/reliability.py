@@ -168,8 +168,9 @@ FINDINGS = """## What these runs found
   dead member never rejoining, the newcomer waited without partitions). Only a member with
   handled-but-uncommitted records was affected, so idle two-member tests passed. The
   listener is now an `AsyncConsumerRebalanceListener`: it waits for in-flight outputs with
-  kafka-python's awaitable sleep (heartbeats continue) and awaits the commit (row
-  *rebalance under load*).
+  kafka-python's awaitable sleep (heartbeats continue) and awaits the commit. The
+  *rebalance under load* and 21-crash rows predate this listener (2026-11-23); with it,
+  their CI-sized versions in tests/test_reliability.py pass.
 - **Fixed: an output outage longer than `max_poll_interval_ms` dropped the member.** The
   checkpoint used to block without polling while the producer could not deliver. The input
   partitions are now paused and `poll()` continues (row *slow downstream*: an outage longer
