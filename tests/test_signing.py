@@ -209,3 +209,14 @@ def test_threshold_changes_on_a_signed_bundle_are_re_signed(signed, keys, tmp_pa
     edit_manifest(signed, lambda m: m["thresholds"].append({**m["thresholds"][-1], "value": 9e9}))
     assert reader.refresh_threshold() is False
     assert reader.threshold_version == 2 and "does not verify" in caplog.text
+
+
+def test_a_bundle_named_by_a_relative_path_signs_and_verifies(
+    tiny_bundle, tmp_path, keys, monkeypatch
+):
+    shutil.copytree(tiny_bundle, tmp_path / "models" / "fraud")
+    monkeypatch.chdir(tmp_path)
+    assert run("sign", "--bundle", "models/fraud", "--key", keys[0]).exit_code == 0
+    verified = run("verify", "--bundle", "models/fraud", "--public-key", keys[1])
+    assert verified.exit_code == 0, verified.output
+    assert Bundle.load("models/fraud").signer is not None

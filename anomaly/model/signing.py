@@ -44,7 +44,9 @@ def is_signed(path: str | Path) -> bool:
 def _hashing(path: Path) -> Any:
     from model_signing import hashing
 
-    return hashing.Config().set_ignored_paths(paths=[path / name for name in _NOT_SIGNED])
+    # model_signing matches ignored paths against absolute ones
+    root = path.resolve()
+    return hashing.Config().set_ignored_paths(paths=[root / name for name in _NOT_SIGNED])
 
 
 def _public_pem(private_key: Path, password: str | None) -> bytes:
@@ -78,7 +80,7 @@ def sign_bundle(path: str | Path, private_key: str | Path, password: str | None 
     try:
         signing.Config().use_elliptic_key_signer(
             private_key=str(private_key), password=password
-        ).set_hashing_config(_hashing(path)).sign(path, tmp)
+        ).set_hashing_config(_hashing(path)).sign(path.resolve(), tmp)
         (path / PUBLIC_KEY).write_bytes(public)
         os.replace(tmp, path / SIGNATURE)
     except (OSError, ValueError) as exc:
@@ -102,7 +104,7 @@ def verify_bundle(path: str | Path, public_key: str | Path | None = None) -> str
         pem = key.read_bytes()
         verifying.Config().use_elliptic_key_verifier(public_key=key).set_hashing_config(
             _hashing(path)
-        ).verify(path, path / SIGNATURE)
+        ).verify(path.resolve(), path / SIGNATURE)
     except Exception as exc:  # model_signing raises ValueError and sigstore's own errors
         raise BundleError(
             f"{path}: signature check failed: {_reason(str(exc), public_key)}"
