@@ -212,6 +212,11 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
     )
 
 
+def _quiet_kafka() -> None:
+    """kafka-python logs every connection at INFO: noise around a one-off topic read."""
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
 def _load_bundle(path: Path) -> Any:
     from anomaly.model.bundle import Bundle
 
@@ -361,6 +366,7 @@ def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
     sources = [s for s in (data, opts["scores_file"], opts["from_topic"]) if s]
     if len(sources) != 1:
         raise AnomalyError("give exactly one of DATA, --scores FILE or --from-topic TOPIC")
+    _quiet_kafka()
     inputs = refit_inputs(bundle, data, opts)
     change = propose_change(
         bundle.threshold,
@@ -482,6 +488,7 @@ def drift(
     if from_topic:
         if not bootstrap_servers:
             raise AnomalyError("--from-topic needs --bootstrap-servers")
+        _quiet_kafka()
         report = drift_of_topic(bundle, bootstrap_servers, from_topic, last)
     else:
         report = drift_of_file(bundle, data)
