@@ -105,6 +105,27 @@ def tabular(work: Path, n_rows: int, master: str) -> list[dict]:
     diff = float(np.abs(spark["score"].to_numpy() - single["score"].to_numpy()).max())
     for r in results:
         r["max_abs_score_diff"] = diff
+    # the fixed cost of each command (start-up, imports, bundle load; Spark: JVM, workers)
+    frame.head(1000).to_csv(work / "small.csv", index=False, float_format="%.9g")
+    for engine, command in (
+        ("anomaly score (1 process)", anomaly("score", "--bundle", str(bundle))),
+        (
+            f"spark-score {master}",
+            anomaly("spark-score", "--bundle", str(bundle), "--master", master),
+        ),
+    ):
+        out = work / ("small.jsonl" if "1 process" in engine else "small-spark")
+        seconds = run(command + [str(work / "small.csv"), "--out", str(out)])
+        results.append(
+            {
+                "job": "records (fixed cost)",
+                "engine": engine,
+                "input": "CSV",
+                "n": 1000,
+                "seconds": seconds,
+                "max_abs_score_diff": None,
+            }
+        )
     return results
 
 
@@ -194,7 +215,7 @@ def markdown(results: list[dict]) -> str:
         lines.append(
             f"| {r['job']} | {r['engine']} | {r['input']} | {r['n']} | "
             f"{r['seconds']:.1f} | {r['n'] / r['seconds']:,.0f} | "
-            f"{r['max_abs_score_diff']:.1e} |"
+            f"{'' if r['max_abs_score_diff'] is None else format(r['max_abs_score_diff'], '.1e')} |"
         )
     return "\n".join(lines)
 
