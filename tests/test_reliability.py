@@ -83,6 +83,9 @@ def test_a_member_joining_while_another_is_busy_kills_neither(tiny_bundle, tmp_p
     d = outcome.details
     assert d["split"] and d["alive_after_rebalance"] == [True, True], explain(outcome)
     assert d["listener_errors_logged"] == 0, explain(outcome)
+    # The busy member committed what it had delivered on revocation (an awaited commit), and
+    # heartbeats never lapsed while it did.
+    assert d["revoke_commits"] >= 1 and d["heartbeat_lapses"] == 0, explain(outcome)
     assert d["exit_statuses"] == [0, 0], explain(outcome)
     assert_books(outcome)
 

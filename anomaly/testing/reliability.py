@@ -833,6 +833,20 @@ def rebalance_under_load(
             for e in m.events()
             if "rebalance listener" in str(e.get("message", "")).lower()
         )
+        # The first member's revocation: the commit it awaited (or why it handed over without
+        # one), and whether kafka-python ever saw heartbeats lapse meanwhile.
+        first_events = first.events()
+        revoke_commits = sum(1 for e in first_events if e.get("event") == "revoke_commit")
+        revoke_abandons = sum(1 for e in first_events if e.get("event") == "revoke_abandon")
+        heartbeat_lapses = sum(
+            1
+            for m in members
+            for e in m.events()
+            if any(
+                text in str(e.get("message", ""))
+                for text in ("Heartbeat session expired", "poll timeout has expired")
+            )
+        )
         ok = bool(was_split and all(alive) and caught_up and books.complete)
         ok = ok and statuses == [0, 0] and listener_errors == 0
         return Outcome(
@@ -850,6 +864,9 @@ def rebalance_under_load(
                 "alive_after_rebalance": alive,
                 "exit_statuses": statuses,
                 "listener_errors_logged": listener_errors,
+                "revoke_commits": revoke_commits,
+                "revoke_abandons": revoke_abandons,
+                "heartbeat_lapses": heartbeat_lapses,
                 "accounting": _books(books),
             },
         )
