@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from anomaly.cli import main
+from anomaly.errors import AnomalyError
 from anomaly.model.bundle import MANIFEST, Bundle
 from anomaly.stream.alerts import AlertBuilder, Source, encode
 from anomaly.testing.data import FEATURES, make_tabular_data, unique_name
@@ -278,3 +279,56 @@ def test_refit_from_the_live_scores_topic_and_a_rollback_picked_up_by_serve(
         assert scrape(runner.server.url)["anomaly_threshold{}"] == pytest.approx(first)
     finally:
         assert runner.stop() == 0
+
+
+def test_the_window_drops_replays_other_model_versions_and_old_scores():
+    from anomaly.ops.scores import Feedback, build_window, parse_duration
+
+    now = 1_700_000_000_000
+    base = {"model": {"name": "m", "version": "v1"}}
+    messages = [
+        {
+            **base,
+            "alert_id": "t/0/1",
+            "record_id": "a",
+            "score": 1.0,
+            "scored_timestamp_ms": now - 7_200_000,
+        },
+        {
+            **base,
+            "alert_id": "t/0/2",
+            "record_id": "b",
+            "score": 2.0,
+            "scored_timestamp_ms": now - 60_000,
+        },
+        {
+            **base,
+            "alert_id": "t/0/2",
+            "record_id": "b",
+            "score": 2.0,
+            "scored_timestamp_ms": now - 50_000,
+        },
+        {"model": {"version": "v0"}, "alert_id": "t/0/3", "score": 9.0, "scored_timestamp_ms": now},
+        {
+            **base,
+            "alert_id": "t/0/4",
+            "record_id": "c",
+            "score": 3.0,
+            "scored_timestamp_ms": now - 1_000,
+        },
+    ]
+    feedback = Feedback(by_alert={"t/0/4": 1}, by_record={"b": 0})
+    window = build_window(
+        messages,
+        "topic t",
+        model_version="v1",
+        feedback=feedback,
+        since_s=parse_duration("1h"),
+        now_ms=now,
+    )
+    assert window.scores.tolist() == [2.0, 3.0] and window.labels.tolist() == [0, 1]
+    assert (window.duplicates, window.skipped_other_models) == (1, 1)
+    last = build_window(messages, "topic t", model_version="v1", last=1)
+    assert last.scores.tolist() == [3.0]
+    with pytest.raises(AnomalyError, match="expected a number and a unit"):
+        parse_duration("yesterday")
