@@ -332,3 +332,35 @@ def test_the_window_drops_replays_other_model_versions_and_old_scores():
     assert last.scores.tolist() == [3.0]
     with pytest.raises(AnomalyError, match="expected a number and a unit"):
         parse_duration("yesterday")
+
+
+def test_anomaly_score_output_and_csv_feedback_keyed_by_record_id(bundle_copy, tmp_path):
+    rows = held_out(200, 20)
+    data = tmp_path / "rows.csv"
+    data.write_text(
+        "id,"
+        + ",".join(FEATURES)
+        + "\n"
+        + "\n".join(f"r{i}," + ",".join(f"{v:.6f}" for v in row) for i, row in enumerate(rows))
+    )
+    scored = run("score", "--bundle", bundle_copy, data, "--out", tmp_path / "scores.csv")
+    assert scored.exit_code == 0, scored.output
+    feedback = tmp_path / "verdicts.csv"
+    feedback.write_text(
+        "record_id,label\n" + "".join(f"r{i},{int(i >= 200)}\n" for i in range(0, 220, 2))
+    )
+    result = run(
+        "threshold",
+        "--bundle",
+        bundle_copy,
+        "--scores",
+        tmp_path / "scores.csv",
+        "--feedback",
+        feedback,
+        "--method",
+        "f1",
+        "--dry-run",
+    )
+    assert result.exit_code == 0, result.output
+    assert "scores: 220 from file" in result.output and "110 with analyst labels" in result.output
+    assert "(10 labelled anomalies)" in result.output
