@@ -94,7 +94,8 @@ def detector_scores(
 ) -> tuple[dict[str, np.ndarray], float]:
     """Train and score through the CLI at its defaults (``intensity`` aside, for the study of
     that one option); returns (scores by column, train s)."""
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left behind
+    work.mkdir(parents=True)
     np.savez(work / "train.npz", images=to_uint8(images[tr]))
     np.savez(work / "test.npz", images=to_uint8(images[test_idx]))
     bundle, report = work / "bundle", work / "report"
