@@ -139,6 +139,8 @@ def test_missing_feature_column_is_one_clear_error(spark, tmp_path, tiny_bundle)
     pd.DataFrame({"f0": [1.0], "f1": [2.0]}).to_parquet(tmp_path / "narrow.parquet")
     with pytest.raises(AnomalyError, match="missing column\\(s\\) f2, f3, amount"):
         score_dataset(spark, tiny_bundle, tmp_path / "narrow.parquet", tmp_path / "out")
+    with pytest.raises(AnomalyError, match="no such file or folder"):
+        score_dataset(spark, tiny_bundle, tmp_path / "absent.csv", tmp_path / "out")
 
 
 @pytest.fixture(scope="module")

@@ -148,6 +148,14 @@ def _ddl(columns: list[tuple[str, str]]) -> str:
     return ", ".join(f"`{name}` {kind}" for name, kind in columns)
 
 
+def _source(source: str | Path) -> str:
+    """The input URI; a local path must exist (Spark would fail with a JVM stack trace)."""
+    source = str(source)
+    if "://" not in source and not source.startswith("file:") and not Path(source).exists():
+        raise AnomalyError(f"{source}: no such file or folder")
+    return source
+
+
 def _outputs(out: str | Path, errors_out: str | Path | None) -> tuple[str, str]:
     """Output URIs (local paths or s3a://, hdfs://, ...); local ones must not exist yet."""
     out = str(out).rstrip("/")
@@ -216,6 +224,7 @@ def _score_record_batches(
     *,
     bundle_path: str,
     fingerprint: str,
+    components: list[str],
     id_column: str | None,
     offsets: dict[int, int] | None,
     top_k: int,
@@ -228,7 +237,6 @@ def _score_record_batches(
 
     bundle = cached_bundle(bundle_path, fingerprint)
     features = bundle.schema.feature_names
-    components = bundle.detector.component_names()
     start = 0
     if offsets is not None:
         from pyspark import TaskContext
@@ -237,7 +245,7 @@ def _score_record_batches(
     for pdf in batches:
         n = len(pdf)
         if id_column is not None:
-            ids = [str(v) if v is not None and v == v else "" for v in pdf[id_column]]
+            ids = ["" if pd.isna(v) else str(v) for v in pdf[id_column]]
         else:
             ids = [str(start + i + 1) for i in range(n)]
         start += n
@@ -312,6 +320,7 @@ def score_dataframe(
         _score_record_batches,
         bundle_path=bundle_path,
         fingerprint=fingerprint,
+        components=_components(manifest),
         id_column=id_column,
         offsets=offsets,
         top_k=top_k,
@@ -356,7 +365,7 @@ def score_dataset(
     """Score a dataset; scores to Parquet ``out``, unscorable rows (id, reason) to
     ``errors_out`` (default ``<out>-errors``)."""
     out, errors_out = _outputs(out, errors_out)
-    data = read_dataset(spark, source, fmt)
+    data = read_dataset(spark, _source(source), fmt)
     scored = score_dataframe(data, bundle_path, id_column, top_k)
     score_columns = [
         name for name, _ in _record_columns(_components(read_manifest(bundle_path)[0]))
@@ -501,7 +510,7 @@ def score_image_files(
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
         .option("pathGlobFilter", "[!.]*")
-        .load(str(source))
+        .load(_source(source))
         .select("path", "content")
     )
     body = functools.partial(
