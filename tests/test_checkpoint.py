@@ -204,3 +204,9 @@ def test_the_flush_timeout_keeps_polling_within_max_poll_interval_and_under_live
     assert load_serve_config(base, env={}).flush_timeout_s == 30.0
     with pytest.raises(ConfigError, match="liveness_timeout_s must exceed"):
         load_serve_config({**base, "delivery_timeout_s": 90, "liveness_timeout_s": 60}, env={})
+    # Transactions commit the offsets on the producer's cluster: it must be the input's.
+    with pytest.raises(ConfigError, match="input's cluster"):
+        load_serve_config(
+            {**base, "exactly_once": True},
+            env={"ANOMALY_PRODUCER__BOOTSTRAP_SERVERS": "elsewhere:9092"},
+        )

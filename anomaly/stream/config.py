@@ -389,6 +389,11 @@ def _validate(config: ServeConfig) -> None:
         raise ConfigError("auto_offset_reset must be 'earliest' or 'latest'")
     if config.sasl_password is not None and config.sasl_password_file is not None:
         raise ConfigError("give the SASL password through the environment or a file, not both")
+    if config.exactly_once and "bootstrap_servers" in (config.producer or {}):
+        # The offsets commit inside the producer's transaction, on the producer's cluster.
+        raise ConfigError(
+            "exactly_once needs the outputs on the input's cluster (no producer.bootstrap_servers)"
+        )
     if config.max_delivery_failures < 1:
         raise ConfigError("max_delivery_failures must be at least 1")
     if config.liveness_timeout_s <= config.flush_timeout_s:

@@ -100,11 +100,15 @@ class Output:
         A failed send can leave kafka-python's producer unusable for good: an idempotent
         producer whose id the broker no longer knows (after a broker restart) fails every
         later send, and a transactional one may be fenced. The records are re-read from the
-        last checkpoint anyway, so a new producer loses nothing.
+        last checkpoint anyway, so a new producer loses nothing. An open transaction is not
+        aborted first: the new producer's ``init_transactions`` (same transactional id)
+        fences and aborts it, bounded by ``max_block_ms``, where ``abort_transaction`` would
+        wait without a limit on a broker that may be down.
         """
-        self.in_transaction = False
         if not self._owns or self._producer is None:
+            self.abort()  # a producer we were given stays; its transaction must end here
             return
+        self.in_transaction = False
         failed, self._producer = self._producer, None
         log.warning("producer replaced after a failed delivery", extra={"event": "producer_reset"})
         try:

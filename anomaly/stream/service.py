@@ -321,7 +321,6 @@ class StreamService:
                 self._consumer.seek(tp, offset)
                 self._positions[tp] = offset
         self.pending = []
-        self.output.abort()
         self.checkpoint.reset()
         self.output.reset()
 
