@@ -125,7 +125,9 @@ def test_healthz_turns_503_while_the_loop_is_wedged_and_200_when_it_turns_again(
 ):
     topics = new_topics(kafka_bootstrap)
     scorer = Wedgeable(Bundle.load(tiny_bundle))
-    config = config_for(kafka_bootstrap, tiny_bundle, topics, liveness_timeout_s=1.0)
+    config = config_for(
+        kafka_bootstrap, tiny_bundle, topics, liveness_timeout_s=1.0, delivery_timeout_s=0.5
+    )
     runner = Running(config, scorer)
     try:
         assert wait_until(lambda: runner.service.assigned_partitions == 1, 60)
