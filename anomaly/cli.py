@@ -559,50 +559,6 @@ def generate(bundle_dir: Path, n: int, out: Path, seed: int) -> None:
     click.echo(f"wrote {n} synthetic normal {what} under {out}")
 
 
-def _serve_options(command: Any) -> Any:
-    """One --flag per ServeConfig setting (the config module owns names, defaults and docs)."""
-    from anomaly.stream.config import SECRET_ONLY_SETTINGS, describe_settings
-
-    for name, doc, default in reversed(describe_settings()):
-        if name in SECRET_ONLY_SETTINGS:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):  # --exactly-once / --no-exactly-once; None = not given
-            flag = f"{flag}/--no-{flag[2:]}"
-        hint = f" [default: {default}]" if default not in (None, ()) else ""
-        command = click.option(flag, name, default=None, help=doc + hint)(command)
-    return command
-
-
-@main.command()
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="TOML or YAML settings file (or ANOMALY_CONFIG); flags > ANOMALY_* env > file.",
-)
-@_serve_options
-def serve(config_file: Path | None, **flags: Any) -> None:
-    """Score a Kafka topic with a bundle: alerts, dead letters, Prometheus metrics."""
-    from anomaly.stream.config import load_serve_config
-    from anomaly.stream.process import serve as run_service
-
-    sys.exit(run_service(load_serve_config(flags, config_file=config_file)))
-
-
-@main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Keep the bundle here.")
-@click.option("--records", "n_stream", type=click.IntRange(min=10), default=3000, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--metrics-port", type=int, default=9108, show_default=True)
-@click.option("--linger", type=float, default=0.0, help="Seconds to keep /metrics up at the end.")
-@click.option("--seed", type=int, default=0, show_default=True)
-def demo(
-    out: Path | None, n_stream: int, epochs: int, metrics_port: int, linger: float, seed: int
-) -> None:
-    """Local broker + synthetic fraud + small model + serve, end to end in about a minute."""
-    from anomaly.demo.run import run_demo
 @main.command("spark-score")
 @click.option("--bundle", "bundle_dir", required=True, help="Bundle path (shared or shipped).")
 @click.argument("source")
@@ -664,6 +620,50 @@ def spark_score(
         sys.exit(1)
 
 
+def _serve_options(command: Any) -> Any:
+    """One --flag per ServeConfig setting (the config module owns names, defaults and docs)."""
+    from anomaly.stream.config import SECRET_ONLY_SETTINGS, describe_settings
+
+    for name, doc, default in reversed(describe_settings()):
+        if name in SECRET_ONLY_SETTINGS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):  # --exactly-once / --no-exactly-once; None = not given
+            flag = f"{flag}/--no-{flag[2:]}"
+        hint = f" [default: {default}]" if default not in (None, ()) else ""
+        command = click.option(flag, name, default=None, help=doc + hint)(command)
+    return command
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TOML or YAML settings file (or ANOMALY_CONFIG); flags > ANOMALY_* env > file.",
+)
+@_serve_options
+def serve(config_file: Path | None, **flags: Any) -> None:
+    """Score a Kafka topic with a bundle: alerts, dead letters, Prometheus metrics."""
+    from anomaly.stream.config import load_serve_config
+    from anomaly.stream.process import serve as run_service
+
+    sys.exit(run_service(load_serve_config(flags, config_file=config_file)))
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Keep the bundle here.")
+@click.option("--records", "n_stream", type=click.IntRange(min=10), default=3000, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--metrics-port", type=int, default=9108, show_default=True)
+@click.option("--linger", type=float, default=0.0, help="Seconds to keep /metrics up at the end.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(
+    out: Path | None, n_stream: int, epochs: int, metrics_port: int, linger: float, seed: int
+) -> None:
+    """Local broker + synthetic fraud + small model + serve, end to end in about a minute."""
+    from anomaly.demo.run import run_demo
 
     run_demo(
         out,
