@@ -127,6 +127,18 @@ def test_a_spent_retry_budget_exits_3_and_a_restart_loses_nothing(tiny_bundle, t
     assert_books(outcome)
 
 
+def test_exactly_once_broker_stall_rewinds_without_duplicates(tiny_bundle, tmp_path):
+    """The transactions open during a broker stall fail; the rewind replaces the
+    transactional producer, and the committed view still holds every record once."""
+    outcome = broker_stall(
+        tiny_bundle, tmp_path, rate=1000.0, stall_s=6.0, after_s=2.0, exactly_once=True
+    )
+    assert outcome.details["delivery_failures_logged"] >= 1, explain(outcome)
+    books = outcome.details["accounting"]
+    assert books["duplicates"] == 0 and books["alert_duplicates"] == 0, explain(outcome)
+    assert outcome.ok, explain(outcome)
+
+
 def test_exactly_once_sigkills_leave_no_duplicate_in_the_committed_view(tiny_bundle, tmp_path):
     outcome = crash_runs(tiny_bundle, tmp_path, crashes=3, rate=1000.0, seed=2, exactly_once=True)
     d = outcome.details

@@ -591,13 +591,19 @@ def broker_stall(
     stall_s: float = 8.0,
     after_s: float = 5.0,
     request_timeout_ms: int = 5000,
+    exactly_once: bool = False,
 ) -> Outcome:
     """SIGSTOP the broker for longer than the session timeout (4 s) and the clients' request
     timeout (``ANOMALY_KAFKA__REQUEST_TIMEOUT_MS``, 5 s here; 30 s by default, so a stall past
     it behaves the same) while records flow in at ``rate``/s, then SIGCONT: the clients give
     up on their connections, reconnect and carry on; everything committed before the stall
     stays delivered, and every record (fed before, during and ``after_s`` after) is
-    accounted for."""
+    accounted for.
+
+    ``exactly_once``: serve runs with ``--exactly-once`` and short producer timeouts (request
+    1.5 s, delivery 2.5 s, flush 1 s), so the transactions open during the stall fail; the
+    service rewinds with a fresh transactional producer, and the read_committed view of the
+    outputs must hold every record exactly once."""
     began = time.monotonic()
     broker = LocalBroker(log_path=workdir / "tansu-stall.log").start()
     serve = None
@@ -612,7 +618,18 @@ def broker_stall(
             workdir / "serve-stall.log",
             "--max-batch",
             "100",
-            env={"ANOMALY_KAFKA__REQUEST_TIMEOUT_MS": str(request_timeout_ms)},
+            *(("--exactly-once", "--delivery-timeout-s", "1") if exactly_once else ()),
+            env={
+                "ANOMALY_KAFKA__REQUEST_TIMEOUT_MS": str(request_timeout_ms),
+                **(
+                    {
+                        "ANOMALY_PRODUCER__REQUEST_TIMEOUT_MS": "1500",
+                        "ANOMALY_PRODUCER__DELIVERY_TIMEOUT_MS": "2500",
+                    }
+                    if exactly_once
+                    else {}
+                ),
+            },
         )
         if not wait_until(lambda: serve.consumed() >= 3 * rate, 120, 0.1):
             raise AssertionError("serve never got going:\n" + serve.log())
@@ -627,7 +644,7 @@ def broker_stall(
         caught_up = wait_until(drained(broker.bootstrap, topics, ends), 180, 0.5)
         after = committed(broker.bootstrap, topics["group"], topics["input_topic"], 2)
         status = serve.terminate()
-        books = account(broker.bootstrap, topics, ends)
+        books = account(broker.bootstrap, topics, ends, committed_only=exactly_once)
         kept = all((after.get(p) or 0) >= (before.get(p) or 0) for p in ends)
         committed_delivered = all(
             (p, o) in books.deliveries for p, end in before.items() for o in range(end or 0)
@@ -635,11 +652,15 @@ def broker_stall(
         events = serve.events()
         rejoined = sum(1 for e in events if e.get("event") == "assigned")
         commit_failures = sum(1 for e in events if e.get("event") == "commit_failed")
+        delivery_failures = sum(1 for e in events if e.get("event") == "delivery_failed")
         timeouts = sum(1 for e in events if "timed out" in str(e.get("message", "")).lower())
         ok = bool(alive_in_stall and caught_up and status == 0 and books.complete)
         ok = ok and kept and committed_delivered
+        if exactly_once:
+            ok = ok and books.duplicates == 0 and books.alert_duplicates == 0
         return Outcome(
-            scenario="network stall (broker SIGSTOP)",
+            scenario="network stall (broker SIGSTOP)"
+            + (" (--exactly-once)" if exactly_once else ""),
             runs=1,
             faults=f"broker SIGSTOP {stall_s:.0f} s (> 4 s session, "
             f"{request_timeout_ms / 1000:.0f} s request timeouts) under {rate:.0f} records/s, "
@@ -657,6 +678,7 @@ def broker_stall(
                 "committed_records_delivered": committed_delivered,
                 "assignments_seen": rejoined,
                 "commit_failures_logged": commit_failures,
+                "delivery_failures_logged": delivery_failures,
                 "request_timeouts_logged": timeouts,
                 "alive_during_stall": alive_in_stall,
                 "exit_status": status,
