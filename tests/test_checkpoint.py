@@ -17,14 +17,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from anomaly.demo.broker import create_topic
 from anomaly.model.bundle import Bundle
 from anomaly.stream.checkpoint import ExitCode
 from anomaly.stream.config import ConfigError, load_serve_config
 from anomaly.stream.metrics import Metrics, MetricsServer
 from anomaly.stream.service import StreamService
 from anomaly.testing.data import FEATURES, make_tabular_data, unique_name
-from anomaly.testing.kafka import ServeProcess, committed, produce, read_topic, wait_until
+from anomaly.testing.kafka import (
+    ServeProcess,
+    committed,
+    new_topics,
+    produce,
+    read_topic,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -40,18 +46,6 @@ def status_of(url: str) -> int:
         return error.code
     except OSError:
         return 0
-
-
-def new_topics(bootstrap: str, partitions: int = 1) -> dict[str, str]:
-    topics = {
-        "input_topic": unique_name("in"),
-        "alert_topic": unique_name("alerts"),
-        "dlq_topic": unique_name("dlq"),
-        "scores_topic": unique_name("scores"),
-        "group": unique_name("group"),
-    }
-    create_topic(bootstrap, topics["input_topic"], partitions=partitions)
-    return topics
 
 
 def records(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:

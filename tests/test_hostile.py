@@ -33,15 +33,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from anomaly.demo.broker import create_topic
 from anomaly.errors import BundleError, RecordError
 from anomaly.imaging.readers import ImageReadError, read_file
 from anomaly.model.bundle import MANIFEST, Bundle
 from anomaly.stream import records
 from anomaly.stream.config import load_serve_config
 from anomaly.stream.metrics import Metrics, MetricsServer
-from anomaly.testing.data import FEATURES, unique_name
-from anomaly.testing.kafka import produce, read_topic, wait_until
+from anomaly.testing.data import FEATURES
+from anomaly.testing.kafka import new_topics, produce, read_topic, wait_until
 from anomaly.testing.reliability import Serve, make_records
 
 IMAGE_REASONS = {
@@ -321,14 +320,7 @@ SSL_SECRET = "ssl-Key-" + "Vv93x"
 
 @pytest.mark.kafka
 def test_secrets_never_leave_a_running_serve(kafka_bootstrap, tiny_bundle, tmp_path):
-    topics = {
-        "input_topic": unique_name("in"),
-        "alert_topic": unique_name("alerts"),
-        "dlq_topic": unique_name("dlq"),
-        "scores_topic": unique_name("scores"),
-        "group": unique_name("group"),
-    }
-    create_topic(kafka_bootstrap, topics["input_topic"], partitions=2)
+    topics = new_topics(kafka_bootstrap, partitions=2)
     items = list(make_records(300, seed=9))
     produce(kafka_bootstrap, topics["input_topic"], items)
     env = {

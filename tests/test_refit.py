@@ -167,18 +167,10 @@ class ServiceThread:
 def test_refit_from_the_live_scores_topic_and_a_rollback_picked_up_by_serve(
     kafka_bootstrap, bundle_copy, tmp_path
 ):
-    from anomaly.demo.broker import create_topic
     from anomaly.stream.config import load_serve_config
-    from anomaly.testing.kafka import produce, read_topic, scrape, wait_until
+    from anomaly.testing.kafka import new_topics, produce, read_topic, scrape, wait_until
 
-    topics = {
-        "input_topic": unique_name("in"),
-        "alert_topic": unique_name("alerts"),
-        "dlq_topic": unique_name("dlq"),
-        "scores_topic": unique_name("scores"),
-        "group": unique_name("group"),
-    }
-    create_topic(kafka_bootstrap, topics["input_topic"], partitions=2)
+    topics = new_topics(kafka_bootstrap, partitions=2)
     config = load_serve_config(
         {
             **topics,

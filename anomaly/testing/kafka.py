@@ -21,7 +21,8 @@ from kafka.consumer.fetcher import Fetcher
 from kafka.record.memory_records import MemoryRecords
 from prometheus_client.parser import text_string_to_metric_families
 
-from anomaly.demo.broker import free_port
+from anomaly.demo.broker import create_topic, free_port
+from anomaly.testing.data import unique_name
 
 FAST_GROUP = ["--session-timeout-ms", "4000", "--heartbeat-interval-ms", "500"]
 
@@ -243,3 +244,18 @@ class ServeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def new_topics(bootstrap: str, partitions: int = 1, prefix: str = "t") -> dict[str, str]:
+    """Fresh input (created with ``partitions``), alert, DLQ and scores topics and a group
+    name, as ``serve`` settings."""
+    suffix = unique_name(prefix)
+    topics = {
+        "input_topic": f"in-{suffix}",
+        "alert_topic": f"alerts-{suffix}",
+        "dlq_topic": f"dlq-{suffix}",
+        "scores_topic": f"scores-{suffix}",
+        "group": f"group-{suffix}",
+    }
+    create_topic(bootstrap, topics["input_topic"], partitions=partitions)
+    return topics

@@ -38,6 +38,7 @@ from anomaly.testing.data import FEATURES
 from anomaly.testing.kafka import (
     committed,
     metric_sum,
+    new_topics,
     scrape,
     transaction_markers,
     wait_until,
@@ -419,20 +420,6 @@ class Outcome:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def new_topics(bootstrap: str, partitions: int, prefix: str) -> dict[str, str]:
-    """Input (created with ``partitions``), alert, DLQ and scores topics and a group name."""
-    suffix = f"{prefix}-{random.randrange(16**8):08x}"
-    topics = {
-        "input_topic": f"in-{suffix}",
-        "alert_topic": f"alerts-{suffix}",
-        "dlq_topic": f"dlq-{suffix}",
-        "scores_topic": f"scores-{suffix}",
-        "group": f"group-{suffix}",
-    }
-    create_topic(bootstrap, topics["input_topic"], partitions=partitions)
-    return topics
 
 
 def drained(bootstrap: str, topics: dict[str, str], ends: dict[int, int]) -> Callable[[], bool]:
