@@ -116,15 +116,19 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
 
 
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
 def read_score_file(path: str | Path) -> list[dict[str, Any]]:
     """Score messages from JSON lines, or ``anomaly score`` output (CSV / JSONL)."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        try:
-            with open(path, newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh))
-        except OSError as exc:
-            raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+        rows = _csv_rows(path)
         items = [
             (i, {"record_id": r.get("id"), "score": r.get("score")})
             for i, r in enumerate(rows, start=2)
@@ -154,11 +158,7 @@ def read_feedback_file(path: str | Path, feedback: Feedback | None = None) -> Fe
     path = Path(path)
     feedback = Feedback() if feedback is None else feedback
     if path.suffix.lower() == ".csv":
-        try:
-            with open(path, newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh))
-        except OSError as exc:
-            raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+        rows = _csv_rows(path)
         for row, item in enumerate(rows, start=2):
             feedback.add({k: v for k, v in item.items() if v not in ("", None)}, str(path), row)
     else:
