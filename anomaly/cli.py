@@ -54,7 +54,14 @@ def _weights(value: str | None) -> dict[str, float] | None:
             weights[name.strip()] = float(number)
         except ValueError:
             raise click.BadParameter(f"expected name=number, got {part!r}") from None
-    known = ("reconstruction", "discriminator", "latent", "encoder_knn", "discriminator_knn")
+    known = (
+        "reconstruction",
+        "discriminator",
+        "latent",
+        "encoder_knn",
+        "discriminator_knn",
+        "encoder_svm",
+    )
     unknown = sorted(set(weights) - set(known))
     if unknown:
         raise click.BadParameter(
@@ -117,8 +124,8 @@ def _is_image_source(path: Path) -> bool:
 @click.option(
     "--score-weights",
     default=None,
-    help="GANomaly component weights (default encoder_knn=1,discriminator_knn=1; "
-    "reconstruction, latent, discriminator 0).",
+    help="GANomaly component weights (default images encoder_knn=1,discriminator_knn=1; "
+    "records also encoder_svm=1,reconstruction=1; the others 0).",
 )
 @click.option(
     "--bank-rows",

@@ -91,7 +91,11 @@ def detector_scores(
     )
     wall = time.perf_counter() - started
     manifest = json.loads((bundle / "manifest.json").read_text())
-    events = sorted({e for entry in manifest["training"]["log"] for e in entry.get("events", [])})
+    log = manifest["training"]["log"]
+    events = sorted(
+        {e for entry in log if entry.get("phase") != "self_check" for e in entry.get("events", [])}
+    )
+    left_out = sorted({n for entry in log for n in entry.get("left_out", [])})
     subprocess.run(
         [*CLI, "score", "--bundle", str(bundle), str(work / "test.npz")]
         + ["--out", str(work / "scores.csv")],
@@ -108,6 +112,7 @@ def detector_scores(
         "fit_s": manifest["training"]["seconds"],
         "rows_given": len(X_train),
         "events": events,
+        "left_out": left_out,
     }
     return {n: np.array([float(r[n]) for r in rows]) for n in names}, facts
 
@@ -278,8 +283,9 @@ def summarise(results: list[dict]) -> str:
             "Seed spread and cost of the detector:",
             "",
             "| dataset | ROC-AUC per seed | std | rows given to `train` | fit s "
-            "| fit s per 1k rows | `train` wall s | stability events |",
-            "|---|---|---|---|---|---|---|---|",
+            "| fit s per 1k rows | `train` wall s | stability events "
+            "| left out by the self-check |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for ds in datasets:
             rows = sorted(pick(ds, "ganomaly"), key=lambda r: r["seed"])
@@ -287,10 +293,15 @@ def summarise(results: list[dict]) -> str:
             fit = np.mean([r["fit_s"] for r in rows])
             given = rows[0]["rows_given"]
             events = sorted({e for r in rows for e in r["events"]}) or ["none"]
+            left_out = [
+                f"{n} (seeds {', '.join(str(r['seed']) for r in rows if n in r['left_out'])})"
+                for n in sorted({n for r in rows for n in r.get("left_out", [])})
+            ] or ["none"]
             lines.append(
                 f"| {ds} | {' / '.join(f'{a:.3f}' for a in aucs)} | {np.std(aucs):.4f} | {given} "
                 f"| {fit:.1f} | {1000 * fit / given:.2f} | "
-                f"{np.mean([r['train_wall_s'] for r in rows]):.1f} | {', '.join(events)} |"
+                f"{np.mean([r['train_wall_s'] for r in rows]):.1f} | {', '.join(events)} "
+                f"| {'; '.join(left_out)} |"
             )
     return "\n".join(lines) + "\n"
 

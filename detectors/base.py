@@ -312,13 +312,15 @@ class Detector:
         z_broken = self.normaliser_.normalised(broken.raw(), broken.complexity)
         result = {name: auroc(z_normal[name], z_broken[name]) for name in z_normal}
         weights = self.normaliser_.weights
-        events = []
+        events, left_out = [], []
         for name in [n for n, w in weights.items() if w and result[n] < 0.5]:
             if sum(1 for w in weights.values() if w) > 1:
                 weights[name] = 0.0
                 events.append("component_inverted")
-                log.warning(
-                    "%s ranks corrupted normals below normals (AUROC %.2f): weight set to 0",
+                left_out.append(name)
+                log.info(
+                    "self-check: %s ranks corrupted normals below normals (AUROC %.2f); "
+                    "left out of the score",
                     name,
                     result[name],
                 )
@@ -327,7 +329,12 @@ class Detector:
             self.normaliser_.combine(broken.raw(), broken.complexity),
         )
         self.training_log_.append(
-            {"phase": "self_check", "auroc_vs_corrupted": result, "events": sorted(set(events))}
+            {
+                "phase": "self_check",
+                "auroc_vs_corrupted": result,
+                "events": sorted(set(events)),
+                "left_out": left_out,
+            }
         )
         return result
 

@@ -25,7 +25,7 @@ from detectors.base import (
     pad_to_bucket,
 )
 from detectors.losses import bce_with_logits, call_frozen, per_sample_mean
-from detectors.memory import MemoryBank, unit_rows
+from detectors.memory import KernelBoundary, MemoryBank, unit_rows
 from detectors.training import (
     StabilityMonitor,
     data_parallel,
@@ -36,15 +36,29 @@ from detectors.training import (
     weight_devices,
 )
 
-DEFAULT_WEIGHTS = {
+# Default weights. Images: the two memory-bank distances; the residuals rank simple images as
+# normal (MNIST digit 1: reconstruction AUROC 0.03) and diluted the banks wherever averaged
+# in. Records: the banks (local density), the one-class boundary in the encoder's feature
+# space (global) and the reconstruction residual (which feature is off), equal weights;
+# measured on the six shared tabular sets in docs/benchmarks.md.
+IMAGE_WEIGHTS = {
     "encoder_knn": 1.0,
     "discriminator_knn": 1.0,
     "reconstruction": 0.0,
     "latent": 0.0,
     "discriminator": 0.0,
 }
+RECORD_WEIGHTS = {
+    "encoder_knn": 1.0,
+    "discriminator_knn": 1.0,
+    "encoder_svm": 1.0,
+    "reconstruction": 1.0,
+    "latent": 0.0,
+    "discriminator": 0.0,
+}
 RESIDUALS = ("reconstruction", "latent", "discriminator")
 BANKS = ("encoder_knn", "discriminator_knn")
+BOUNDARY = "encoder_svm"
 # Default training length. Images: the memory-bank features come from the first conv block,
 # which settles early (MNIST, seed 0: encoder_knn AUROC within 0.01 after 5, 8 and 15
 # epochs on digits 1 and 9), and an image epoch costs ~9 s on a 2-core CPU, so 10.
@@ -129,23 +143,24 @@ class GANomaly(GANDetector):
     - ``encoder_knn`` / ``discriminator_knn``: mean distance to the ``knn_k`` nearest normal
       training records in the feature space of the trained encoder's first layer and of the
       discriminator's features (memory banks, the DN2 idea with the GAN's own networks as
-      the backbone; see ``detectors.memory``).
+      the backbone; see ``detectors.memory``);
+    - records only, ``encoder_svm``: how far outside a one-class SVM boundary around the
+      encoder bank's features a record falls (``detectors.memory.KernelBoundary``).
 
     ``score`` = weighted mean of the components, each robustly scaled by the median and IQR
     it has on the normal validation split; for images the three residuals are first
-    corrected for input complexity. Default weights: the two memory-bank distances 1 each,
-    the residuals 0. The residuals stay reported (and explain the reconstruction) but do not
-    vote by default: measured on the shared data they rank simple anomalies as normal (MNIST
-    digit 1: reconstruction AUROC 0.03) and diluted the bank distances wherever they were
-    averaged in. ``score_weights`` changes the mix.
+    corrected for input complexity. Default weights (``IMAGE_WEIGHTS`` / ``RECORD_WEIGHTS``):
+    images, the two bank distances; records, the two bank distances, the boundary and the
+    reconstruction. Every component stays reported; ``score_weights`` changes the mix.
     """
 
     name = "ganomaly"
     subnet_names = ("encoder", "decoder", "encoder2", "discriminator")
     score_formula = (
-        "sum_i w_i * (c_i - median_i) / IQR_i / sum_i w_i; default weights encoder_knn 1, "
-        "discriminator_knn 1 (reconstruction, latent, discriminator 0); median and IQR fitted "
-        "on the normal validation split, image residuals corrected for input complexity"
+        "sum_i w_i * (c_i - median_i) / IQR_i / sum_i w_i; default weights: images "
+        "encoder_knn 1, discriminator_knn 1; records encoder_knn, discriminator_knn, "
+        "encoder_svm and reconstruction 1 each; median and IQR fitted on the normal "
+        "validation split, image residuals corrected for input complexity"
     )
 
     def __init__(
@@ -186,7 +201,8 @@ class GANomaly(GANDetector):
         self.batch_size = batch_size
         self.patience = patience
         self.validation_fraction = validation_fraction
-        self.weights = dict(score_weights or DEFAULT_WEIGHTS)
+        # None: the default for the input kind (IMAGE_WEIGHTS / RECORD_WEIGHTS), set by fit
+        self.weights = dict(score_weights) if score_weights else None
         self.knn_k = knn_k
         self.bank_rows = bank_rows
         self.d_collapse_threshold = d_collapse_threshold
@@ -198,6 +214,7 @@ class GANomaly(GANDetector):
         self._scorer: keras.Model | None = None
         self.memory_: dict[str, MemoryBank] = {}
         self.memory_rows_: dict[str, np.ndarray] = {}
+        self.boundary_: KernelBoundary | None = None
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -214,7 +231,7 @@ class GANomaly(GANDetector):
             "batch_size": self.batch_size,
             "patience": self.patience,
             "validation_fraction": self.validation_fraction,
-            "score_weights": self.weights,
+            "score_weights": self.weights if self.input_shape_ is None else self.score_weights(),
             "knn_k": self.knn_k,
             "bank_rows": self.bank_rows,
             "d_collapse_threshold": self.d_collapse_threshold,
@@ -223,6 +240,8 @@ class GANomaly(GANDetector):
         }
 
     def score_weights(self) -> dict[str, float]:
+        if self.weights is None:
+            return dict(IMAGE_WEIGHTS if self.is_image else RECORD_WEIGHTS)
         return self.weights
 
     def _build_subnets(self) -> dict[str, keras.Model]:
@@ -362,13 +381,16 @@ class GANomaly(GANDetector):
         return [np.concatenate([p[i] for p in parts]) for i in range(len(BANKS))]
 
     def _fit_memory(self, x_model: np.ndarray) -> None:
-        """Memory banks of the training data's features (images: cosine, records: Euclidean)."""
+        """Memory banks of the training data's features (images: cosine, records: Euclidean);
+        records also get the one-class boundary, fitted on the encoder bank's rows."""
         self.memory_ = {}
         for name, features in zip(BANKS, self._features_in_chunks(x_model), strict=True):
             bank = MemoryBank(self.knn_k, self.is_image, self.bank_rows).fit(features, self.seed)
             self.memory_[name] = bank
+        self.boundary_ = None
         if not self.is_image:
             self.memory_rows_ = {n: x_model[b.kept_] for n, b in self.memory_.items()}
+            self.boundary_ = KernelBoundary().fit(self.memory_["encoder_knn"].bank_)
         self._scorer = None
 
     def _raw_components(self, x: np.ndarray) -> ScoreComponents:
@@ -378,11 +400,17 @@ class GANomaly(GANDetector):
         x_hat = self._from_model(np.asarray(x_hat, dtype=np.float32)[:n])
         residual = np.abs(x - x_hat)
         extra, maps = {}, {"reconstruction": residual}
+        bank_features = {}
         for name, feat in zip(self.memory_, features, strict=True):
-            feat = np.asarray(feat, np.float32)[:n]
+            bank_features[name] = feat = np.asarray(feat, np.float32)[:n]
             dist, nearest = self.memory_[name].neighbours(feat)
             extra[name] = dist
             maps[name] = self._difference_map(name, feat, nearest, x)
+        if self.boundary_ is not None and "encoder_knn" in bank_features:
+            # the boundary's own map would be a kernel gradient; the nearest normal record's
+            # differences point at the same features and read more plainly
+            extra[BOUNDARY] = self.boundary_.distance(bank_features["encoder_knn"])
+            maps[BOUNDARY] = maps["encoder_knn"]
         return ScoreComponents(
             score=np.zeros(n, np.float32),
             reconstruction=residual.reshape(n, -1).mean(axis=1),
@@ -440,7 +468,8 @@ class GANomaly(GANDetector):
         components.maps = {}
 
     def component_names(self) -> list[str]:
-        return ["reconstruction", "discriminator", "latent", *self.memory_]
+        boundary = [BOUNDARY] if self.boundary_ is not None else []
+        return ["reconstruction", "discriminator", "latent", *self.memory_, *boundary]
 
     def complexity_corrected(self) -> tuple[str, ...]:
         return RESIDUALS if self.is_image else ()
@@ -466,6 +495,8 @@ class GANomaly(GANDetector):
                 path = directory / f"memory_{name}_rows.npz"
                 np.savez(path, rows=self.memory_rows_[name])
                 files.append(path)
+        if self.boundary_ is not None:
+            files.append(self.boundary_.save(directory / f"{BOUNDARY}.npz"))
         return files
 
     def _load_extra(self, directory: Path) -> None:
@@ -478,3 +509,5 @@ class GANomaly(GANDetector):
             for name in present:
                 with np.load(directory / f"memory_{name}_rows.npz", allow_pickle=False) as rows:
                     self.memory_rows_[name] = rows["rows"]
+        boundary = directory / f"{BOUNDARY}.npz"
+        self.boundary_ = KernelBoundary.load(boundary) if boundary.is_file() else None

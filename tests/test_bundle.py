@@ -41,9 +41,11 @@ def test_manifest_describes_the_model(tiny_bundle):
         "latent",
         "encoder_knn",
         "discriminator_knn",
+        "encoder_svm",
     ]
     banks = {name for name in m["files"] if "memory_" in name}
     assert len(banks) == 4  # two banks and, for records, the rows that explain them
+    assert any(name.endswith("encoder_svm.npz") for name in m["files"])
     assert "normal validation split" in m["score"]["formula"]
     assert all(len(v) == 64 for v in m["files"].values())
     (entry,) = m["thresholds"]

@@ -86,6 +86,24 @@ def test_info_is_human_readable(trained):
     assert "stability    " in result.output
 
 
+def test_info_keeps_the_self_check_verdict_apart_from_training_stability(trained):
+    """A component the self-check left out is named on the self-check line; the stability
+    line only carries training events (collapse, non-finite losses)."""
+    from anomaly.model.describe import describe_manifest
+
+    manifest = json.loads((trained / "manifest.json").read_text())
+    check = next(e for e in manifest["training"]["log"] if e.get("phase") == "self_check")
+    check.update(events=["component_inverted"], left_out=["encoder_svm"])
+    text = describe_manifest(manifest)
+    assert "left out of the score (ranks corruptions below normals): encoder_svm" in text
+    assert "component_inverted" not in text
+    manifest["training"]["log"].append({"phase": "final_check", "events": ["non_finite_loss"]})
+    stability = next(
+        line for line in describe_manifest(manifest).splitlines() if line.startswith("stability")
+    )
+    assert "non_finite_loss" in stability and "component_inverted" not in stability
+
+
 @pytest.mark.parametrize("suffix", ["csv", "jsonl"])
 def test_score_writes_components_and_top_features(trained, files, tmp_path, suffix):
     _, train_csv = files
@@ -102,6 +120,7 @@ def test_score_writes_components_and_top_features(trained, files, tmp_path, suff
             "latent",
             "encoder_knn",
             "discriminator_knn",
+            "encoder_svm",
             "is_anomaly",
             "top_features",
         }

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from anomaly.testing.data import make_tabular_data
 from detectors import AnoGAN, GANomaly
 from detectors.base import SCORING_BUCKETS, ScoreComponents
-from detectors.ganomaly import GANomalyNet
+from detectors.ganomaly import IMAGE_WEIGHTS, GANomalyNet
 
 TINY = {"epochs": 4, "batch_size": 64, "hidden": (16, 8), "seed": 0}
 
@@ -39,6 +39,7 @@ def test_ganomaly_components_and_sklearn_api(ganomaly, data):
         "latent",
         "encoder_knn",
         "discriminator_knn",
+        "encoder_svm",
     ]
     assert comps.score.shape == comps.reconstruction.shape == comps.latent.shape == (len(X),)
     assert comps.contributions.shape == X.shape == comps.reconstructed.shape
@@ -55,13 +56,18 @@ def test_ganomaly_components_and_sklearn_api(ganomaly, data):
     assert ganomaly.predict(anomalies).mean() > ganomaly.predict(test_normal).mean()
 
 
-def test_memory_bank_distance_is_the_default_score(ganomaly, data):
-    """Default weights: the two memory-bank distances, each on its robust z scale."""
+RECORD_SCORE = ("encoder_knn", "discriminator_knn", "encoder_svm", "reconstruction")
+
+
+def test_record_default_score_is_banks_boundary_and_reconstruction(ganomaly, data):
+    """Default record weights: the two memory-bank distances, the one-class boundary and the
+    reconstruction, each on its robust z scale, equal weights."""
     _, test_normal, anomalies = data
     comps = ganomaly.score_components(np.concatenate([test_normal, anomalies]))
     norm = ganomaly.normaliser_
+    assert {n for n, w in norm.weights.items() if w} == set(RECORD_SCORE)
     z = norm.normalised(comps.raw())
-    expected = (z["encoder_knn"] + z["discriminator_knn"]) / 2.0
+    expected = sum(z[n] for n in RECORD_SCORE) / len(RECORD_SCORE)
     np.testing.assert_allclose(comps.score, expected, rtol=1e-4, atol=1e-5)
     # each training row is its own nearest neighbour in the bank
     bank = ganomaly.memory_["encoder_knn"]
@@ -74,12 +80,33 @@ def test_contributions_explain_the_score(ganomaly, data):
     _, test_normal, _ = data
     comps = ganomaly.score_components(test_normal)
     z = ganomaly.normaliser_.normalised(comps.raw())
-    positive = sum(np.maximum(z[n], 0) for n in ("encoder_knn", "discriminator_knn")) / 2
+    positive = sum(np.maximum(z[n], 0) for n in RECORD_SCORE) / len(RECORD_SCORE)
     np.testing.assert_allclose(comps.contributions.mean(axis=1), positive, rtol=1e-4, atol=1e-5)
     altered = test_normal[:20].copy()
     altered[:, 2] += 8.0
     top = ganomaly.score_components(altered).contributions.argmax(axis=1)
     assert (top == 2).mean() >= 0.9
+
+
+def test_kernel_boundary_matches_scikit_learn_and_round_trips(tmp_path):
+    """The NumPy scorer reproduces OneClassSVM's decision function from the saved arrays."""
+    from sklearn.svm import OneClassSVM
+
+    from detectors.memory import KernelBoundary
+
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(600, 12)).astype("float32")
+    query = np.concatenate([rng.normal(size=(50, 12)), rng.normal(size=(50, 12)) * 3 + 2])
+    boundary = KernelBoundary().fit(normal)
+    reference = OneClassSVM(gamma="scale", nu=0.05).fit(normal.astype("float64"))
+    np.testing.assert_allclose(
+        boundary.distance(query), -reference.decision_function(query), rtol=1e-4, atol=1e-4
+    )
+    loaded = KernelBoundary.load(boundary.save(tmp_path / "b.npz"))
+    np.testing.assert_array_equal(loaded.distance(query), boundary.distance(query))
+    outside = loaded.distance(query)
+    assert outside[50:].mean() > outside[:50].mean()
+    assert 0 < len(loaded.support_) < len(normal)
 
 
 def test_self_check_drops_a_component_that_inverts(data):
@@ -182,11 +209,11 @@ def test_a_model_saved_before_memory_banks_still_scores(ganomaly, data, tmp_path
 
     _, test_normal, _ = data
     ganomaly.save(tmp_path)
-    for bank in tmp_path.glob("memory_*.npz"):
+    for bank in [*tmp_path.glob("memory_*.npz"), tmp_path / "encoder_svm.npz"]:
         bank.unlink()
     state = json.loads((tmp_path / "detector.json").read_text())
     state["normaliser"]["weights"] = {"reconstruction": 1.0, "latent": 1.0, "discriminator": 1.0}
-    for key in ("encoder_knn", "discriminator_knn"):
+    for key in ("encoder_knn", "discriminator_knn", "encoder_svm"):
         state["normaliser"]["centre"].pop(key)
         state["normaliser"]["scale"].pop(key)
     state["normaliser"].pop("complexity")
@@ -205,6 +232,8 @@ def test_conv_ganomaly_any_image_shape(shape):
     assert comps.contributions.shape == (5,) + shape
     assert comps.reconstructed.shape == (5,) + shape
     assert det.sample(3, seed=0).shape == (3,) + shape
+    assert det.boundary_ is None and "encoder_svm" not in comps.component_names()
+    assert set(det.normaliser_.weights) == set(IMAGE_WEIGHTS)
     assert comps.complexity.shape == (5,) and set(det.normaliser_.complexity) == {
         "reconstruction",
         "latent",

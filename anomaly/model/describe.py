@@ -44,12 +44,23 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
         f"{training.get('epochs_run')} epochs, {training.get('seconds')} s, "
         f"seed {training.get('seed')}"
     )
-    events = sorted({e for entry in training.get("log", []) for e in entry.get("events", [])})
+    log = training.get("log", [])
+    # training stability (collapse, non-finite losses) apart from the self-check's verdict,
+    # which is the safeguard doing its job, not a sign of a broken model
+    events = sorted(
+        {e for entry in log if entry.get("phase") != "self_check" for e in entry.get("events", [])}
+    )
     lines.append(f"stability    {', '.join(events) if events else 'no warnings'}")
-    checks = [e for e in training.get("log", []) if e.get("phase") == "self_check"]
+    checks = [e for e in log if e.get("phase") == "self_check"]
     if checks:
         aurocs = ", ".join(f"{k}={v:.2f}" for k, v in checks[-1]["auroc_vs_corrupted"].items())
         lines.append(f"self-check   AUROC normal vs corrupted normal: {aurocs}")
+        left_out = checks[-1].get("left_out", [])
+        if left_out:
+            lines.append(
+                f"             left out of the score (ranks corruptions below normals): "
+                f"{', '.join(left_out)}"
+            )
     lines.append("thresholds")
     for entry in manifest.get("thresholds", []):
         params = ", ".join(
