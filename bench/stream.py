@@ -1,7 +1,7 @@
 """Stream benchmark: raw kafka-python consume→produce vs `anomaly serve`, on one broker.
 
     python bench/stream.py [--records 200000] [--rate 5000] [--latency-seconds 20]
-                           [--exactly-once]
+                           [--exactly-once] [--bank-rows 4096] [--out bench/out/stream.json]
 
 1. Starts a local Tansu broker (or uses KAFKA_BOOTSTRAP), trains a small GANomaly bundle on
    synthetic transactions (29 features), and produces ``--records`` JSON records.
@@ -231,7 +231,7 @@ def latency(bootstrap: str, bundle_path: Path, rate: float, seconds: float) -> d
     }
 
 
-def train(out: Path) -> Path:
+def train(out: Path, bank_rows: int) -> Path:
     from anomaly.model.schema import Schema
     from anomaly.model.training import train_bundle
 
@@ -241,7 +241,7 @@ def train(out: Path) -> Path:
         data.X,
         path,
         Schema.tabular(data.feature_names),
-        detector_params={"epochs": 5, "batch_size": 128},
+        detector_params={"epochs": 5, "batch_size": 128, "bank_rows": bank_rows},
         log1p_columns=["Amount"],
         seed=0,
         name="bench",
@@ -256,7 +256,16 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--bundle", type=Path, default=None, help="Use this bundle instead.")
     parser.add_argument(
+        "--bank-rows",
+        type=int,
+        default=4096,
+        help="Memory-bank size of the trained bundle (the `anomaly train` default: 4096).",
+    )
+    parser.add_argument(
         "--exactly-once", action="store_true", help="Also time both serve phases transactional."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "out" / "stream.json", help="Result JSON."
     )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -264,7 +273,7 @@ def main() -> None:
     import keras
 
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
-    bundle = args.bundle or train(work)
+    bundle = args.bundle or train(work, args.bank_rows)
     external = os.environ.get("KAFKA_BOOTSTRAP")
 
     def phase(name: str, run):  # noqa: ANN001, ANN202
@@ -318,6 +327,7 @@ def main() -> None:
         "records": args.records,
         "broker": "external" if external else "tansu (memory)",
         "keras_backend": keras.config.backend(),
+        "bank_rows": None if args.bundle else args.bank_rows,
         "raw_records_per_s": raw,
         "serve_records_per_s": serve,
         "serve_ratio": serve / raw,
@@ -326,9 +336,8 @@ def main() -> None:
         **exactly_once,
         "latency": {"offered_rate": args.rate, "seconds": args.latency_seconds, **live},
     }
-    out = ROOT / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stream.json").write_text(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
