@@ -18,7 +18,14 @@ import numpy as np
 from keras import ops
 
 from detectors import networks
-from detectors.base import GANDetector, ScoreComponents, ScoreNormaliser, iter_chunks, pad_to_bucket
+from detectors.base import (
+    GANDetector,
+    ScoreComponents,
+    ScoreNormaliser,
+    iter_chunks,
+    pad_to_bucket,
+    predict_in_buckets,
+)
 from detectors.losses import bce_with_logits, call_frozen, per_sample_mean
 from detectors.training import (
     StabilityMonitor,
@@ -414,7 +421,5 @@ class AnoGAN(GANDetector):
         self._check_fitted()
         rng = np.random.default_rng(seed)
         z = rng.normal(size=(n, self._resolved_latent_dim())).astype("float32")
-        out = [
-            np.asarray(self.subnets_["generator"].predict_on_batch(z[c])) for c in iter_chunks(n)
-        ]
-        return self._from_model(np.concatenate(out).astype(np.float32))
+        generated = predict_in_buckets(self.subnets_["generator"], z)
+        return self._from_model(generated.astype(np.float32))

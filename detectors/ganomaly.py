@@ -23,6 +23,7 @@ from detectors.base import (
     input_complexity,
     iter_chunks,
     pad_to_bucket,
+    predict_in_buckets,
 )
 from detectors.losses import bce_with_logits, call_frozen, per_sample_mean
 from detectors.memory import KernelBoundary, MemoryBank, unit_rows
@@ -313,12 +314,7 @@ class GANomaly(GANDetector):
                 {"phase": "data_parallel", "devices": devices, "weights_on": weight_devices(net)}
             )
         self._scorer = None
-        latents = np.concatenate(
-            [
-                np.asarray(self.subnets_["encoder"].predict_on_batch(X_model[c]))
-                for c in iter_chunks(len(X_model))
-            ]
-        )
+        latents = predict_in_buckets(self.subnets_["encoder"], X_model)
         self.latent_mean_ = latents.mean(axis=0)
         self.latent_std_ = latents.std(axis=0) + 1e-6
         self._fit_memory(X_model)
@@ -479,11 +475,8 @@ class GANomaly(GANDetector):
         self._check_fitted()
         rng = np.random.default_rng(seed)
         z = rng.normal(self.latent_mean_, self.latent_std_, size=(n, len(self.latent_mean_)))
-        out = [
-            np.asarray(self.subnets_["decoder"].predict_on_batch(z[c].astype("float32")))
-            for c in iter_chunks(n)
-        ]
-        return self._from_model(np.concatenate(out).astype(np.float32))
+        decoded = predict_in_buckets(self.subnets_["decoder"], z.astype("float32"))
+        return self._from_model(decoded.astype(np.float32))
 
     # --- persistence --------------------------------------------------------------------------
     def _save_extra(self, directory: Path) -> list[Path]:
