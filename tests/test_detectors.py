@@ -56,12 +56,12 @@ def test_ganomaly_components_and_sklearn_api(ganomaly, data):
     assert ganomaly.predict(anomalies).mean() > ganomaly.predict(test_normal).mean()
 
 
-RECORD_SCORE = ("encoder_knn", "discriminator_knn", "encoder_svm", "reconstruction")
+RECORD_SCORE = ("encoder_knn", "discriminator_knn", "encoder_svm")
 
 
-def test_record_default_score_is_banks_boundary_and_reconstruction(ganomaly, data):
-    """Default record weights: the two memory-bank distances, the one-class boundary and the
-    reconstruction, each on its robust z scale, equal weights."""
+def test_record_default_score_is_the_banks_and_the_boundary(ganomaly, data):
+    """Default record weights: the two memory-bank distances and the one-class boundary,
+    each on its robust z scale, equal weights."""
     _, test_normal, anomalies = data
     comps = ganomaly.score_components(np.concatenate([test_normal, anomalies]))
     norm = ganomaly.normaliser_
