@@ -85,6 +85,7 @@ def test_a_member_joining_while_another_is_busy_kills_neither(tiny_bundle, tmp_p
     assert d["listener_errors_logged"] == 0, explain(outcome)
     # The busy member committed what it had delivered on revocation (an awaited commit), and
     # heartbeats never lapsed while it did.
+    assert max(d["uncommitted_at_revoke"]) > 0, explain(outcome)
     assert d["revoke_commits"] >= 1 and d["heartbeat_lapses"] == 0, explain(outcome)
     assert d["exit_statuses"] == [0, 0], explain(outcome)
     assert_books(outcome)

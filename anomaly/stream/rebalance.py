@@ -48,6 +48,7 @@ class RebalanceListener(AsyncConsumerRebalanceListener):
                 "event": "lost" if lost else "revoked",
                 "partitions": [f"{tp.topic}-{tp.partition}" for tp in revoked],
                 "dropped_unscored": len(service.pending),
+                "uncommitted": service.checkpoint.records,
             },
         )
         service.pending = []  # neither scored nor committed: the next owner reads them

@@ -816,7 +816,10 @@ def rebalance_under_load(
     try:
         topics = new_topics(broker.bootstrap, 4, "rebalance")
         feeder = Feeder(broker.bootstrap, topics["input_topic"], rate, seed=8)
-        extra = ("--max-batch", "100", "--commit-interval-ms", "3000")
+        # A checkpoint interval longer than the join takes: the first member's revocation
+        # then always finds handled, uncommitted records (with 3 s, a periodic commit could
+        # land just before the revocation and leave nothing for it to commit).
+        extra = ("--max-batch", "100", "--commit-interval-ms", "30000")
         first = Serve(broker.bootstrap, bundle, topics, workdir / "rebalance-a.log", *extra)
         members.append(first)
         if not wait_until(lambda: first.consumed() >= 2 * rate, 120, 0.1):
@@ -846,6 +849,9 @@ def rebalance_under_load(
         # one), and whether kafka-python ever saw heartbeats lapse meanwhile.
         first_events = first.events()
         revoke_commits = sum(1 for e in first_events if e.get("event") == "revoke_commit")
+        uncommitted_at_revoke = [
+            e.get("uncommitted", 0) for e in first_events if e.get("event") == "revoked"
+        ]
         revoke_abandons = sum(1 for e in first_events if e.get("event") == "revoke_abandon")
         heartbeat_lapses = sum(
             1
@@ -875,6 +881,7 @@ def rebalance_under_load(
                 "listener_errors_logged": listener_errors,
                 "revoke_commits": revoke_commits,
                 "revoke_abandons": revoke_abandons,
+                "uncommitted_at_revoke": uncommitted_at_revoke,
                 "heartbeat_lapses": heartbeat_lapses,
                 "accounting": _books(books),
             },
