@@ -54,14 +54,10 @@ def _weights(value: str | None) -> dict[str, float] | None:
             weights[name.strip()] = float(number)
         except ValueError:
             raise click.BadParameter(f"expected name=number, got {part!r}") from None
-    known = (
-        "reconstruction",
-        "discriminator",
-        "latent",
-        "encoder_knn",
-        "discriminator_knn",
-        "encoder_svm",
-    )
+    # the detector's own list (train loads Keras right after this anyway)
+    from detectors.ganomaly import RECORD_WEIGHTS
+
+    known = tuple(RECORD_WEIGHTS)
     unknown = sorted(set(weights) - set(known))
     if unknown:
         raise click.BadParameter(

@@ -78,6 +78,8 @@ def detector_scores(
     X_train: np.ndarray, X_test: np.ndarray, seed: int, work: Path
 ) -> tuple[dict[str, np.ndarray], dict]:
     """``anomaly train`` + ``anomaly score`` at their defaults; (columns, timing facts)."""
+    from anomaly.model.describe import left_out_of_score, stability_events
+
     work.mkdir(parents=True, exist_ok=True)
     np.savez(work / "train.npz", X=X_train)
     np.savez(work / "test.npz", X=X_test)
@@ -92,10 +94,7 @@ def detector_scores(
     wall = time.perf_counter() - started
     manifest = json.loads((bundle / "manifest.json").read_text())
     log = manifest["training"]["log"]
-    events = sorted(
-        {e for entry in log if entry.get("phase") != "self_check" for e in entry.get("events", [])}
-    )
-    left_out = sorted({n for entry in log for n in entry.get("left_out", [])})
+    events, left_out = stability_events(log), left_out_of_score(log)
     subprocess.run(
         [*CLI, "score", "--bundle", str(bundle), str(work / "test.npz")]
         + ["--out", str(work / "scores.csv")],

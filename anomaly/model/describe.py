@@ -5,6 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 
+def stability_events(log: list[dict[str, Any]]) -> list[str]:
+    """Training-stability events of a training log (collapse, non-finite losses), apart from
+    the self-check's verdict, which is the safeguard doing its job, not a broken model."""
+    return sorted(
+        {e for entry in log if entry.get("phase") != "self_check" for e in entry.get("events", [])}
+    )
+
+
+def left_out_of_score(log: list[dict[str, Any]]) -> list[str]:
+    """Components the (last) self-check left out of the score."""
+    checks = [e for e in log if e.get("phase") == "self_check"]
+    return list(checks[-1].get("left_out", [])) if checks else []
+
+
 def describe_manifest(manifest: dict[str, Any]) -> str:
     """A few aligned sections: model, schema, preprocessing, score, training, thresholds."""
     model = manifest["model"]
@@ -45,17 +59,13 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
         f"seed {training.get('seed')}"
     )
     log = training.get("log", [])
-    # training stability (collapse, non-finite losses) apart from the self-check's verdict,
-    # which is the safeguard doing its job, not a sign of a broken model
-    events = sorted(
-        {e for entry in log if entry.get("phase") != "self_check" for e in entry.get("events", [])}
-    )
+    events = stability_events(log)
     lines.append(f"stability    {', '.join(events) if events else 'no warnings'}")
     checks = [e for e in log if e.get("phase") == "self_check"]
     if checks:
         aurocs = ", ".join(f"{k}={v:.2f}" for k, v in checks[-1]["auroc_vs_corrupted"].items())
         lines.append(f"self-check   AUROC normal vs corrupted normal: {aurocs}")
-        left_out = checks[-1].get("left_out", [])
+        left_out = left_out_of_score(log)
         if left_out:
             lines.append(
                 f"             left out of the score (ranks corruptions below normals): "
