@@ -63,7 +63,7 @@ def rescore(detector, weights: dict[str, float], validation: np.ndarray, test: n
     detector.weights = dict(weights)
     normal = detector.fit_normaliser(validation)
     detector.self_check(validation, normal)
-    return detector.score_samples(test)
+    return detector.decision_function(test)
 
 
 def run_one(dataset: str, seed: int, work: Path) -> list[dict]:

@@ -183,7 +183,7 @@ class AnoGAN(GANDetector):
         variant: str = "auto",
         latent_dim: int | None = None,
         hidden: tuple[int, ...] = (64, 32),
-        filters: int = 32,
+        filters: int | None = None,
         lam: float = 0.1,
         kappa: float = 1.0,
         mode: str = "search",
@@ -227,54 +227,30 @@ class AnoGAN(GANDetector):
         self.mixed_precision = mixed_precision
         self.seed = seed
         self.verbose = verbose
-        # training resource, not a model parameter: left out of get_params and the bundle
         self.devices = devices
         self._residual_model: keras.Model | None = None
         self._search: LatentSearch | None = None
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant,
-            "latent_dim": self.latent_dim,
-            "hidden": list(self.hidden),
-            "filters": self.filters,
-            "lam": self.lam,
-            "kappa": self.kappa,
-            "mode": self.mode,
-            "search_steps": self.search_steps,
-            "search_lr": self.search_lr,
-            "search_batch": self.search_batch,
-            "learning_rate": self.learning_rate,
-            "beta_1": self.beta_1,
-            "epochs": self.epochs,
-            "encoder_epochs": self.encoder_epochs,
-            "batch_size": self.batch_size,
-            "patience": self.patience,
-            "validation_fraction": self.validation_fraction,
-            "d_collapse_threshold": self.d_collapse_threshold,
-            "mixed_precision": self.mixed_precision,
-            "seed": self.seed,
-        }
-
-    def score_weights(self) -> dict[str, float]:
+    def component_weights(self) -> dict[str, float]:
         return {"reconstruction": 1.0 - self.lam, "discriminator": self.lam}
 
-    def fit_normaliser(self, X_normal: np.ndarray) -> None:
+    def fit_normaliser(self, X_normal: np.ndarray) -> ScoreComponents:
         """The paper's score is used as is: identity scaling, weights (1 - lambda, lambda)."""
-        names = self.score_weights()
+        names = self.component_weights()
         self.normaliser_ = ScoreNormaliser(
             weights=names,
             centre={k: 0.0 for k in names},
             scale={k: 1.0 for k in names},
         )
+        return self._raw_in_chunks(X_normal)
 
     def _build_subnets(self) -> dict[str, keras.Model]:
         latent = self._resolved_latent_dim()
         shape = self._model_shape()
         if self.is_image:
             side, ch = shape[0], shape[2]
-            generator = networks.conv_decoder(side, ch, latent, self.filters, "generator")
-            encoder = networks.conv_encoder(side, ch, latent, self.filters, "encoder")
+            generator = networks.conv_decoder(side, ch, latent, self.conv_filters(), "generator")
+            encoder = networks.conv_encoder(side, ch, latent, self.conv_filters(), "encoder")
         else:
             generator = networks.dense_decoder(latent, shape[0], self.hidden, "generator")
             encoder = networks.dense_encoder(shape[0], latent, self.hidden, "encoder")
@@ -285,16 +261,9 @@ class AnoGAN(GANDetector):
         }
 
     # --- training ---------------------------------------------------------------------------
-    def fit(
-        self,
-        X: np.ndarray,
-        validation: np.ndarray | None = None,
-        epochs: int | None = None,
-    ) -> AnoGAN:
+    def _train(self, X_model: np.ndarray, val_model: np.ndarray, epochs: int | None) -> None:
         """Train the GAN, then the izi_f encoder (early-stopped on normal validation data)."""
-        X = np.asarray(X, dtype=np.float32)
-        X_model, val_model, validation = self._prepare_fit(X, validation)
-        epochs = epochs or self.epochs
+        epochs = self.epochs if epochs is None else epochs
         devices = resolve_devices(self.devices, self.batch_size)
         X_fit, val_fit = shardable(X_model, devices), shardable(val_model, devices)
         latent = self._resolved_latent_dim()
@@ -349,9 +318,6 @@ class AnoGAN(GANDetector):
             )
         self._residual_model = None
         self._search = None
-        self.fit_normaliser(validation)
-        self.fit_threshold(validation)
-        return self
 
     # --- scoring ------------------------------------------------------------------------------
     def _residuals(self) -> keras.Model:

@@ -6,6 +6,7 @@ and returns arrays; it knows nothing of files, Kafka or the CLI.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass, field, fields
@@ -19,6 +20,10 @@ log = logging.getLogger("detectors")
 # Batch sizes the compiled scoring functions are traced for: a micro-batch is padded up to
 # the next one, so a stream of ragged batches costs a handful of compiles, not one per size.
 SCORING_BUCKETS = (1, 8, 64, 512, 4096)
+# Constructor arguments that are training resources, not model parameters: not in the bundle
+RESOURCE_PARAMS = ("verbose", "devices")
+# Model-space image side above which the conv networks default to half the width
+LARGE_IMAGE_SIDE = 64
 
 
 @dataclass
@@ -232,9 +237,10 @@ def iter_chunks(n: int, size: int = SCORING_BUCKETS[-1]) -> list[slice]:
 
 
 class Detector:
-    """Base class: ``fit`` on normal data, ``score_components`` / ``score_samples`` / ``predict``.
+    """Base class: ``fit`` on normal data; ``score_components``, ``decision_function``,
+    ``predict``.
 
-    Subclasses implement ``_fit``, ``_raw_components`` and the network (de)serialisation.
+    Subclasses implement ``_train``, ``_raw_components`` and the network (de)serialisation.
     Fitted attributes end with ``_`` (scikit-learn convention).
     """
 
@@ -245,14 +251,23 @@ class Detector:
     def __init__(self) -> None:
         self.threshold_: float | None = None
         self.decision_scores_: np.ndarray | None = None
+        self.labels_: np.ndarray | None = None
         self.normaliser_: ScoreNormaliser | None = None
         self.training_log_: list[dict[str, Any]] = []
         self.input_shape_: tuple[int, ...] | None = None
 
-    # --- to be provided by subclasses -------------------------------------------------
     def get_params(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The constructor's arguments as set (scikit-learn's rule: every hyperparameter is an
+        ``__init__`` argument stored under its own name), minus the training resources."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name in names
+            if name not in ("self", *RESOURCE_PARAMS)
+            for value in [getattr(self, name)]
+        }
 
+    # --- to be provided by subclasses -------------------------------------------------
     def _raw_components(self, x: np.ndarray) -> ScoreComponents:
         raise NotImplementedError
 
@@ -276,15 +291,15 @@ class Detector:
     def _explain(self, components: ScoreComponents) -> None:
         """Turn ``contributions`` into a map of the combined score (default: leave as is)."""
 
-    def score_samples(self, X: np.ndarray) -> np.ndarray:
-        """The combined anomaly score per record (higher = more anomalous)."""
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """The combined anomaly score per record (PyOD: higher = more anomalous)."""
         return self.score_components(X).score
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """1 where the score exceeds the fitted threshold, else 0."""
         if self.threshold_ is None:
             raise ValueError("no threshold fitted: call fit() first")
-        return (self.score_samples(X) > self.threshold_).astype(np.int8)
+        return (self.decision_function(X) > self.threshold_).astype(np.int8)
 
     def _raw_in_chunks(self, X: np.ndarray) -> ScoreComponents:
         return ScoreComponents.concatenate(
@@ -296,7 +311,7 @@ class Detector:
         raw components of ``X_normal`` so the self-check and threshold need not rescore it."""
         components = self._raw_in_chunks(X_normal)
         raw = components.raw()
-        weights = {k: v for k, v in self.score_weights().items() if k in raw}
+        weights = {k: v for k, v in self.component_weights().items() if k in raw}
         self.normaliser_ = ScoreNormaliser(weights=weights).fit(
             raw, components.complexity, correct=self.complexity_corrected()
         )
@@ -362,20 +377,23 @@ class Detector:
         target_fpr: float = 0.01,
         normal: ScoreComponents | None = None,
     ) -> float:
-        """``threshold_`` at the (1 - target_fpr) quantile of normal scores (PyOD's contamination).
+        """``threshold_`` at the (1 - target_fpr) quantile of normal scores (PyOD's contamination),
+        with ``decision_scores_`` and ``labels_`` of ``X_normal``.
 
         ``fit`` calls it on the normal validation split, so ``predict`` works right after
         ``fit``; a bundle later replaces it with the threshold fitted on its calibration split
         and keeps both in one place (the bundle's threshold history is what serving reads).
         """
         if normal is None:
-            self.decision_scores_ = self.score_samples(X_normal)
+            self.decision_scores_ = self.decision_function(X_normal)
         else:
             self.decision_scores_ = self.normaliser_.combine(normal.raw(), normal.complexity)
         self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - target_fpr))
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int8)
         return self.threshold_
 
-    def score_weights(self) -> dict[str, float]:
+    def component_weights(self) -> dict[str, float]:
+        """The weight of each component in the combined score, before the self-check."""
         raise NotImplementedError
 
     def _check_fitted(self) -> None:
@@ -424,7 +442,7 @@ class GANDetector(Detector):
     """
 
     subnet_names: tuple[str, ...] = ()
-    filters: int
+    filters: int | None
     hidden: tuple[int, ...]
     latent_dim: int | None
     seed: int | None
@@ -471,6 +489,34 @@ class GANDetector(Detector):
         _, top, left = self._pads()
         return x[:, top : top + h, left : left + w, :]
 
+    variant: str
+
+    def fit(
+        self,
+        X: np.ndarray,
+        validation: np.ndarray | None = None,
+        epochs: int | None = None,
+    ) -> GANDetector:
+        """Train on normal data, then, on the normal validation split (a seeded split of X when
+        none is given): the score normaliser, the label-free self-check and the threshold
+        (PyOD: ``threshold_``, ``decision_scores_``, ``labels_``). ``epochs`` 0 keeps the
+        random initial weights."""
+        X = np.asarray(X, dtype=np.float32)
+        if self.variant not in ("auto", "dense", "conv"):
+            raise ValueError(f"unknown {self.name} variant {self.variant!r}")
+        if self.variant != "auto" and (self.variant == "conv") != (X.ndim == 4):
+            raise ValueError(f"variant {self.variant!r} does not fit input of shape {X.shape}")
+        X_model, val_model, validation = self._prepare_fit(X, validation)
+        self._train(X_model, val_model, epochs)
+        normal = self.fit_normaliser(validation)
+        self.self_check(validation, normal)
+        self.fit_threshold(validation, normal=normal)
+        return self
+
+    def _train(self, X_model: np.ndarray, val_model: np.ndarray, epochs: int | None) -> None:
+        """Train the networks on model-space data (validation: for early stopping only)."""
+        raise NotImplementedError
+
     def _prepare_fit(
         self, X: np.ndarray, validation: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -486,6 +532,14 @@ class GANDetector(Detector):
         validation = self._check_input(validation)
         return self._to_model(X), self._to_model(validation), validation
 
+    def conv_filters(self) -> int:
+        """The first conv block's width (each later block doubles it): ``filters`` when set,
+        else 32 up to 64 x 64 and 16 above, where a block costs 4x as much per image and a
+        CPU would train 1,000 images at 128 x 128 for half an hour at 32."""
+        if self.filters:
+            return int(self.filters)
+        return 32 if self._model_shape()[0] <= LARGE_IMAGE_SIDE else 16
+
     def _resolved_latent_dim(self) -> int:
         if self.latent_dim:
             return int(self.latent_dim)
@@ -496,7 +550,7 @@ class GANDetector(Detector):
 
         shape = self._model_shape()
         if self.is_image:
-            return networks.conv_discriminator(shape[0], shape[2], self.filters)
+            return networks.conv_discriminator(shape[0], shape[2], self.conv_filters())
         return networks.dense_discriminator(shape[0], self.hidden)
 
     # --- persistence ------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 
 def _dense_stack(x: keras.KerasTensor, units: tuple[int, ...], name: str) -> keras.KerasTensor:
@@ -57,8 +57,15 @@ def _n_downsamples(side: int) -> int:
     return int(math.log2(side)) - 2
 
 
-def _conv_down(x: keras.KerasTensor, side: int, filters: int, name: str) -> keras.KerasTensor:
-    """Strided 4x4 convolutions (BatchNorm after the first, LeakyReLU) from side to 4x4."""
+def _conv_down(
+    x: keras.KerasTensor,
+    side: int,
+    filters: int,
+    name: str,
+    blocks: list[keras.KerasTensor] | None = None,
+) -> keras.KerasTensor:
+    """Strided 4x4 convolutions (BatchNorm after the first, LeakyReLU) from side to 4x4;
+    each block's output is appended to ``blocks`` when given."""
     for i in range(_n_downsamples(side)):
         x = layers.Conv2D(
             filters * 2**i, 4, strides=2, padding="same", use_bias=False, name=f"{name}_conv{i}"
@@ -66,6 +73,8 @@ def _conv_down(x: keras.KerasTensor, side: int, filters: int, name: str) -> kera
         if i > 0:
             x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
         x = layers.LeakyReLU(0.2, name=f"{name}_act{i}")(x)
+        if blocks is not None:
+            blocks.append(x)
     return x
 
 
@@ -109,15 +118,26 @@ def conv_decoder(
 
 
 def conv_discriminator(
-    side: int, channels: int, filters: int, name: str = "discriminator"
+    side: int, channels: int, filters: int, name: str = "discriminator", local_head: bool = False
 ) -> keras.Model:
-    """DCGAN discriminator: image -> (logit, last 4x4 feature map for feature matching)."""
+    """DCGAN discriminator: image -> (logit, last 4x4 feature map for feature matching).
+
+    ``local_head``: a third output, one logit per cell of the second block's grid (side / 4)
+    that says whether that cell holds a synthetic anomaly (GANomaly's anomaly map, trained
+    on ``synthetic.local_anomalies``).
+    """
     inputs = keras.Input((side, side, channels), name=f"{name}_input")
-    x = _conv_down(inputs, side, filters, name)
+    blocks: list[keras.KerasTensor] = []
+    x = _conv_down(inputs, side, filters, name, blocks)
     features = layers.Activation("linear", dtype="float32", name=f"{name}_features")(x)
     x = layers.Conv2D(1, 4, padding="valid", name=f"{name}_to_logit")(features)
     logit = layers.Flatten(name=f"{name}_logit", dtype="float32")(x)
-    return keras.Model(inputs, [logit, features], name=name)
+    if not local_head:
+        return keras.Model(inputs, [logit, features], name=name)
+    local = layers.Conv2D(filters, 3, padding="same", name=f"{name}_local_conv")(blocks[1])
+    local = layers.LeakyReLU(0.2, name=f"{name}_local_act")(local)
+    local = layers.Conv2D(1, 1, name=f"{name}_local_logit", dtype="float32")(local)
+    return keras.Model(inputs, [logit, features, local], name=name)
 
 
 def padded_side(height: int, width: int) -> int:
@@ -130,3 +150,40 @@ def reinitialise(model: keras.Model, build: Callable[[], keras.Model]) -> None:
     fresh = build()
     for var, value in zip(model.weights, fresh.weights, strict=True):
         var.assign(value)
+
+
+@keras.saving.register_keras_serializable(package="detectors")
+class InstanceStandardise(layers.Layer):
+    """Each image to zero mean and unit variance over its pixels and channels.
+
+    The photometric view of the memory banks: scans from different sites differ in exposure
+    and contrast, which a raw-pixel feature reads as difference; standardising each image
+    first keeps its layout of light and dark and drops its overall level and spread.
+    """
+
+    def call(self, x: keras.KerasTensor) -> keras.KerasTensor:
+        axes = tuple(range(1, len(x.shape)))
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        std = ops.std(x, axis=axes, keepdims=True)
+        return (x - mean) / (std + 1e-6)
+
+
+class CentredConvTap(layers.Layer):
+    """A trained first convolution with the mean of each kernel removed, then LeakyReLU.
+
+    The structural view of the memory banks: a zero-sum kernel does not respond to the local
+    brightness level, only to edges and texture, so a cosine distance over its responses
+    ignores exposure, contrast and slow shading alike. It reads the source layer's live
+    kernel, so it needs no weights of its own (and is built fresh for scoring, not saved).
+    """
+
+    def __init__(self, source: layers.Conv2D, slope: float = 0.2, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+        self.slope = float(slope)
+
+    def call(self, x: keras.KerasTensor) -> keras.KerasTensor:
+        kernel = self.source.kernel
+        kernel = kernel - ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+        y = ops.conv(x, kernel, strides=self.source.strides, padding=self.source.padding)
+        return ops.leaky_relu(y, self.slope)

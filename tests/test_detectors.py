@@ -46,7 +46,7 @@ def test_ganomaly_components_and_sklearn_api(ganomaly, data):
     np.testing.assert_allclose(
         comps.reconstruction, np.abs(X - comps.reconstructed).mean(axis=1), rtol=1e-5
     )
-    np.testing.assert_array_equal(ganomaly.score_samples(X), comps.score)
+    np.testing.assert_array_equal(ganomaly.decision_function(X), comps.score)
     y = np.r_[np.zeros(len(test_normal)), np.ones(len(anomalies))]
     assert roc_auc_score(y, comps.score) > 0.9
     # fit sets the threshold and the training scores (PyOD), so predict works at once
@@ -143,17 +143,19 @@ def test_mode_collapse_verdict_is_judged_on_the_final_weights(data):
 
 def test_scores_do_not_depend_on_batch_padding(ganomaly, data):
     _, test_normal, _ = data
-    whole = ganomaly.score_samples(test_normal[:100])
-    one_by_one = np.concatenate([ganomaly.score_samples(test_normal[i : i + 1]) for i in range(7)])
+    whole = ganomaly.decision_function(test_normal[:100])
+    one_by_one = np.concatenate(
+        [ganomaly.decision_function(test_normal[i : i + 1]) for i in range(7)]
+    )
     np.testing.assert_allclose(whole[:7], one_by_one, rtol=1e-4, atol=1e-5)
     assert 100 <= SCORING_BUCKETS[3]
 
 
 def test_rejects_bad_input(ganomaly):
     with pytest.raises(ValueError, match="does not match"):
-        ganomaly.score_samples(np.zeros((3, 4), "float32"))
+        ganomaly.decision_function(np.zeros((3, 4), "float32"))
     with pytest.raises(ValueError, match="NaN"):
-        ganomaly.score_samples(np.full((2, 5), np.nan, "float32"))
+        ganomaly.decision_function(np.full((2, 5), np.nan, "float32"))
 
 
 def test_training_log_records_every_epoch(ganomaly):
@@ -165,8 +167,8 @@ def test_training_log_records_every_epoch(ganomaly):
 
 def test_seed_makes_training_reproducible(data):
     train, test_normal, _ = data
-    a = GANomaly(**{**TINY, "epochs": 1}).fit(train).score_samples(test_normal[:20])
-    b = GANomaly(**{**TINY, "epochs": 1}).fit(train).score_samples(test_normal[:20])
+    a = GANomaly(**{**TINY, "epochs": 1}).fit(train).decision_function(test_normal[:20])
+    b = GANomaly(**{**TINY, "epochs": 1}).fit(train).decision_function(test_normal[:20])
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
@@ -198,7 +200,7 @@ def test_save_load_round_trip(ganomaly, data, tmp_path):
     state = __import__("json").loads((tmp_path / "detector.json").read_text())
     loaded = GANomaly.load(tmp_path, state)
     np.testing.assert_allclose(
-        loaded.score_samples(test_normal), ganomaly.score_samples(test_normal), rtol=1e-5
+        loaded.decision_function(test_normal), ganomaly.decision_function(test_normal), rtol=1e-5
     )
     assert loaded.sample(4, seed=1).shape == (4, 5)
 
@@ -268,7 +270,8 @@ def test_image_heatmap_follows_the_score_and_finds_the_defect():
     inside = heat[:, 2:10, 22:30].mean(axis=(1, 2))
     assert np.mean(inside > heat.mean(axis=(1, 2))) >= 0.9
     z = det.normaliser_.normalised(comps.raw(), comps.complexity)
-    positive = sum(np.maximum(z[n], 0) for n in ("encoder_knn", "discriminator_knn")) / 2
+    weights = det.normaliser_.weights
+    positive = sum(w * np.maximum(z[n], 0) for n, w in weights.items()) / sum(weights.values())
     np.testing.assert_allclose(comps.contributions.mean(axis=(1, 2, 3)), positive, rtol=1e-3)
 
 
@@ -296,7 +299,7 @@ def test_anogan_search_is_one_batch_not_per_record(data, monkeypatch):
     calls = []
     original = det._latent_search
     monkeypatch.setattr(det, "_latent_search", lambda x, z: calls.append(len(x)) or original(x, z))
-    det.score_samples(test_normal[:100])
+    det.decision_function(test_normal[:100])
     assert calls == [64, 36]
     # every batch searches: the per-batch Adam reset keeps the learning rate (it once zeroed it)
     assert float(det._search.optimizer.learning_rate) == pytest.approx(det.search_lr)

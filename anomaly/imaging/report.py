@@ -406,19 +406,21 @@ def score_images(
 def _heatmap_scale(bundle: Any) -> dict[str, Any]:
     """How to colour the bundle's contributions.
 
-    Models whose score is the memory-bank distance spread their score over the image (mean
+    Models whose score is the memory-bank distances (and the discriminator's anomaly map)
+    spread their score over the image (mean
     of the map = the positive part of the score): full colour is a pixel carrying eight
     times the alert threshold's average (at four, the MNIST example report saturated most of
     a flagged digit), so a flagged image shows where its score sits. Older,
     residual-only models keep the pixel-unit residual scale.
     """
     weights = bundle.manifest.get("score", {}).get("weights", {})
-    if any(weights.get(n) for n in ("encoder_knn", "discriminator_knn")):
+    if any(weights.get(n) for n in ("encoder_knn", "discriminator_knn", "discriminator_map")):
         return {
             "heatmap_vmax": round(8.0 * max(float(bundle.threshold), 0.5), 3),
             "heatmap_caption": "score heatmap",
             "heatmap_label": "Score heatmap (where the image differs from its nearest "
-            "normal training images; score units per pixel)",
+            "normal training images and where the discriminator's anomaly map fires; score "
+            "units per pixel)",
         }
     return {}
 

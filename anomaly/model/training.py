@@ -107,7 +107,7 @@ def train_bundle(
     seconds = time.perf_counter() - started
 
     calibration = to_model(X[cal_idx])
-    cal_scores = model.score_samples(calibration)
+    cal_scores = model.decision_function(calibration)
     import keras
 
     training = {
