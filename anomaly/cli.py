@@ -166,8 +166,8 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != backend:
             raise AnomalyError("--backend must be chosen before Keras is loaded")
         os.environ["KERAS_BACKEND"] = backend
-    from anomaly.model.schema import Schema
-    from anomaly.model.training import train_bundle
+    from anomaly.bundle.schema import Schema
+    from anomaly.bundle.training import train_bundle
 
     params: dict[str, Any] = {
         "batch_size": opts["batch_size"],
@@ -232,7 +232,7 @@ def _quiet_kafka() -> None:
 
 
 def _load_bundle(path: Path) -> Any:
-    from anomaly.model.bundle import Bundle
+    from anomaly.bundle.bundle import Bundle
 
     return Bundle.load(path)
 
@@ -282,7 +282,7 @@ def evaluate(
     table = _read_for_bundle(bundle, data, label_column, "auto")
     if table.labels is None:
         raise AnomalyError(f"{data}: no label column found; pass --label-column")
-    scores = bundle.score(table.X).score
+    scores = bundle.score_components(table.X).score
     report = evaluate_scores(scores, table.labels, bundle.threshold)
     report["threshold_version"] = bundle.threshold_version
     for key, value in report.items():
@@ -357,7 +357,7 @@ def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
     before -> after on that data; a change beyond --max-change or under --min-alert-rate
     needs --force. Each change appends to the bundle's history; --rollback vN appends a copy.
     """
-    from anomaly.model.thresholds import history_table
+    from anomaly.bundle.thresholds import history_table
 
     bundle = _load_bundle(bundle_dir)
     if opts["history"]:
@@ -374,8 +374,8 @@ def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
             f"({entry['note']}) written to {bundle.manifest_path}"
         )
         return
-    from anomaly.model.thresholds import propose_change
-    from anomaly.ops.refit import refit_inputs
+    from anomaly.bundle.thresholds import propose_change
+    from anomaly.monitoring.refit import refit_inputs
 
     sources = [s for s in (data, opts["scores_file"], opts["from_topic"]) if s]
     if len(sources) != 1:
@@ -414,8 +414,8 @@ def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
 def info(bundle_dir: Path, as_json: bool) -> None:
     """Print a bundle's manifest in human form."""
-    from anomaly.model.bundle import MANIFEST
-    from anomaly.model.describe import describe_manifest
+    from anomaly.bundle.bundle import MANIFEST
+    from anomaly.bundle.describe import describe_manifest
 
     path = Path(bundle_dir) / MANIFEST
     if not path.is_file():
@@ -423,7 +423,7 @@ def info(bundle_dir: Path, as_json: bool) -> None:
     manifest = json.loads(path.read_text())
     click.echo(json.dumps(manifest, indent=2) if as_json else describe_manifest(manifest))
     if not as_json:
-        from anomaly.model.signing import is_signed
+        from anomaly.bundle.signing import is_signed
 
         signed = "signed (check: anomaly verify)" if is_signed(bundle_dir) else "not signed"
         click.echo(f"signature    {signed}")
@@ -443,7 +443,7 @@ def sign(bundle_dir: Path, key: Path) -> None:
     Writes BUNDLE/bundle.sig and the signer's public key BUNDLE/bundle.sig.pub. Once signed,
     load, score and serve verify the bundle, and threshold changes need --sign-key.
     """
-    from anomaly.model.signing import sign_bundle
+    from anomaly.bundle.signing import sign_bundle
 
     _load_bundle(bundle_dir)  # never sign a bundle that does not load
     click.echo(f"signed {bundle_dir} with key {sign_bundle(bundle_dir, key)}")
@@ -459,7 +459,7 @@ def sign(bundle_dir: Path, key: Path) -> None:
 )
 def verify(bundle_dir: Path, public_key: Path | None) -> None:
     """Check a bundle's signature over every file; exit 2 with the reason when it fails."""
-    from anomaly.model.bundle import Bundle
+    from anomaly.bundle.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir, public_key=public_key, require_signature=True)
     trust = f"the pinned key {public_key}" if public_key else "the key shipped in the bundle"
@@ -494,7 +494,7 @@ def drift(
     The same comparison as serve's anomaly_*_drift_psi gauges, offline. Features are
     compared with the training rows, the score with the calibration split.
     """
-    from anomaly.ops.drift import drift_of_file, drift_of_topic
+    from anomaly.monitoring.drift import drift_of_file, drift_of_topic
 
     if (data is None) == (from_topic is None):
         raise AnomalyError("give DATA or --from-topic TOPIC (one of them)")
@@ -538,14 +538,14 @@ def score_images(
     Exit code 1 when any file could not be read (listed in errors.csv and the report).
     """
     from anomaly.imaging.readers import discover_files
-    from anomaly.imaging.report import score_images as score_to_report
+    from anomaly.imaging.report import report_folder
 
     bundle = _load_bundle(bundle_dir)
     paths = discover_files(source)
     if not paths:
         raise AnomalyError(f"{source}: no PNG/JPEG/TIFF/DICOM/IDX/NPZ files found")
     with click.progressbar(length=len(paths), label="scoring files", hidden=quiet) as bar:
-        summary = score_to_report(
+        summary = report_folder(
             bundle, source, out, batch_size, window, lambda _: bar.update(1), paths
         )
     click.echo(
@@ -661,7 +661,7 @@ def _serve_options(command: Any) -> Any:
 def serve(config_file: Path | None, **flags: Any) -> None:
     """Score a Kafka topic with a bundle: alerts, dead letters, Prometheus metrics."""
     from anomaly.stream.config import load_serve_config
-    from anomaly.stream.process import serve as run_service
+    from anomaly.stream.startup import serve as run_service
 
     sys.exit(run_service(load_serve_config(flags, config_file=config_file)))
 

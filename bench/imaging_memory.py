@@ -26,7 +26,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anomaly.testing.images import cross_image, normal_discs  # noqa: E402
+from testsupport.images import cross_image, normal_discs  # noqa: E402
 
 
 def write_folder(folder: Path, n: int, size: int, seed: int, anomaly_rate: float) -> None:

@@ -287,7 +287,7 @@ def example_report(images: np.ndarray, labels: np.ndarray, args: argparse.Namesp
 
     from PIL import Image
 
-    from anomaly.testing.browser import image_is_blank, screenshot
+    from testsupport.browser import image_is_blank, screenshot
 
     digit, out = args.example_digit, args.out / "example"
     tr, te_norm, te_anom = split(labels, digit, 0)

@@ -7,7 +7,7 @@ docs/reliability.md.
 
 Each scenario starts its own Tansu broker on 127.0.0.1 (it stops, pauses or restarts it),
 runs real `anomaly serve` subprocesses and injects real signals; the scenario code lives in
-anomaly/testing/reliability.py, shared with tests/test_reliability.py. Results are merged
+testsupport/reliability.py, shared with tests/test_reliability.py. Results are merged
 into bench/out/reliability.json (a scenario run again replaces its row) and the table in
 docs/reliability.md is rewritten from it, with the command that produced each row; rows of
 scenarios not in the JSON (not run on this checkout) are kept from the current document.
@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anomaly.testing.data import train_tiny_bundle  # noqa: E402
-from anomaly.testing.reliability import (  # noqa: E402
+from testsupport.data import train_tiny_bundle  # noqa: E402
+from testsupport.reliability import (  # noqa: E402
     Outcome,
     back_pressure,
     broker_restart,
@@ -183,7 +183,7 @@ FINDINGS = """## What these runs found
   commit in one transaction. Tansu 0.6 writes the abort markers but returns no
   aborted-transaction list in fetch responses, so its read_committed consumers still see the
   records of aborted transactions (those a SIGKILL left open); the test reader rebuilds the
-  abort index from the markers it fetched (`anomaly.testing.kafka.transaction_markers`), as a
+  abort index from the markers it fetched (`testsupport.kafka.transaction_markers`), as a
   Kafka broker would. Row *SIGKILL crash runs (--exactly-once)* counts that view.
 - **Fixed: hostile image files** (IDX headers claiming huge or empty frames, corrupt gzip
   streams, NPZ members with unknown compression or the encryption flag) raised
@@ -214,7 +214,7 @@ def write_doc(rows: dict[str, dict]) -> None:
     lines = [
         "# Reliability: faults, load and the books",
         "",
-        "Produced by `bench/reliability.py` (scenarios in `anomaly/testing/reliability.py`,",
+        "Produced by `bench/reliability.py` (scenarios in `testsupport/reliability.py`,",
         "the same code `tests/test_reliability.py` runs with small sizes in CI). Every row is",
         "a real Tansu broker on 127.0.0.1, real `anomaly serve` subprocesses and real signals.",
         "*Records accounted* = input offsets found, by reading the output topics back, as a",

@@ -46,7 +46,7 @@ def anomaly(*args: str) -> list[str]:
 def tabular(work: Path, n_rows: int, master: str) -> list[dict]:
     import pandas as pd
 
-    from anomaly.testing.data import FEATURES, make_tabular_data, train_tiny_bundle
+    from testsupport.data import FEATURES, make_tabular_data, train_tiny_bundle
 
     bundle = train_tiny_bundle(work / "tiny")
     normal, anomalies = make_tabular_data(n_rows - n_rows // 100, n_rows // 100, seed=1)
@@ -132,10 +132,10 @@ def tabular(work: Path, n_rows: int, master: str) -> list[dict]:
 def images(work: Path, n_images: int, master: str) -> list[dict]:
     import pandas as pd
 
+    from anomaly.bundle.schema import Schema
+    from anomaly.bundle.training import train_bundle
     from anomaly.imaging.readers import load_training_images
-    from anomaly.model.schema import Schema
-    from anomaly.model.training import train_bundle
-    from anomaly.testing.images import cross_image, normal_discs, write_png
+    from testsupport.images import cross_image, normal_discs, write_png
 
     for i, image in enumerate(normal_discs(500, 32, seed=0)):
         write_png(work / "train" / f"{i:04d}.png", image)

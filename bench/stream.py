@@ -153,7 +153,7 @@ def serve_loop(
     exactly_once: bool = False,
 ) -> float:
     """records/s of the real StreamService over ``n`` records (first consumed → last committed)."""
-    from anomaly.model.bundle import Bundle
+    from anomaly.bundle.bundle import Bundle
     from anomaly.stream.service import StreamService
 
     service = StreamService(
@@ -178,7 +178,7 @@ def serve_loop(
 
 
 def latency(bootstrap: str, bundle_path: Path, rate: float, seconds: float) -> dict[str, float]:
-    from anomaly.model.bundle import Bundle
+    from anomaly.bundle.bundle import Bundle
     from anomaly.stream.service import StreamService
 
     topic, scores = f"bench-live-{int(time.time())}", f"bench-live-scores-{int(time.time())}"
@@ -232,8 +232,8 @@ def latency(bootstrap: str, bundle_path: Path, rate: float, seconds: float) -> d
 
 
 def train(out: Path, bank_rows: int) -> Path:
-    from anomaly.model.schema import Schema
-    from anomaly.model.training import train_bundle
+    from anomaly.bundle.schema import Schema
+    from anomaly.bundle.training import train_bundle
 
     data = synthetic.generate(6000, 0.0, seed=0)
     path = out / "bundle"

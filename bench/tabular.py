@@ -78,7 +78,7 @@ def detector_scores(
     X_train: np.ndarray, X_test: np.ndarray, seed: int, work: Path
 ) -> tuple[dict[str, np.ndarray], dict]:
     """``anomaly train`` + ``anomaly score`` at their defaults; (columns, timing facts)."""
-    from anomaly.model.describe import left_out_of_score, stability_events
+    from anomaly.bundle.describe import left_out_of_score, stability_events
 
     work.mkdir(parents=True, exist_ok=True)
     np.savez(work / "train.npz", X=X_train)

@@ -67,9 +67,9 @@ def rescore(detector, weights: dict[str, float], validation: np.ndarray, test: n
 
 
 def run_one(dataset: str, seed: int, work: Path) -> list[dict]:
-    from anomaly.model.bundle import Bundle
-    from anomaly.model.schema import Schema
-    from anomaly.model.training import split_normal, train_bundle
+    from anomaly.bundle.bundle import Bundle
+    from anomaly.bundle.schema import Schema
+    from anomaly.bundle.training import split_normal, train_bundle
 
     X, y = load(dataset)
     train, test = split(y, seed)

@@ -26,6 +26,12 @@ RESOURCE_PARAMS = ("verbose", "devices")
 LARGE_IMAGE_SIDE = 64
 
 
+def quantile_threshold(scores: np.ndarray, rate: float) -> float:
+    """The smallest observed score with at most ``rate`` of ``scores`` above it: the one
+    quantile rule for a threshold, shared by ``fit`` and ``anomaly.bundle.thresholds``."""
+    return float(np.quantile(np.asarray(scores, dtype=np.float64), 1.0 - rate, method="higher"))
+
+
 @dataclass
 class ScoreComponents:
     """Every part of an anomaly score, one row per record (higher = more anomalous)."""
@@ -388,7 +394,7 @@ class Detector:
             self.decision_scores_ = self.decision_function(X_normal)
         else:
             self.decision_scores_ = self.normaliser_.combine(normal.raw(), normal.complexity)
-        self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - target_fpr))
+        self.threshold_ = quantile_threshold(self.decision_scores_, target_fpr)
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int8)
         return self.threshold_
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import settings
 
 from anomaly.demo.broker import LocalBroker
-from anomaly.testing.data import train_tiny_bundle, unique_name
+from testsupport.data import train_tiny_bundle, unique_name
 
 # Property tests draw the same examples on every run unless HYPOTHESIS_PROFILE=explore:
 # CI stays reproducible, and exploring for new failures is a deliberate run whose finds are

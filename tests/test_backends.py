@@ -15,10 +15,10 @@ pytest.importorskip("jax")
 SCRIPT = r"""
 import json, sys
 import keras, numpy as np
-from anomaly.model.bundle import Bundle
-from anomaly.model.schema import Schema
-from anomaly.model.training import train_bundle
-from anomaly.testing.data import FEATURES, make_tabular_data
+from anomaly.bundle.bundle import Bundle
+from anomaly.bundle.schema import Schema
+from anomaly.bundle.training import train_bundle
+from testsupport.data import FEATURES, make_tabular_data
 
 assert keras.backend.backend() == "jax", keras.backend.backend()
 out, tf_bundle = sys.argv[1], sys.argv[2]
@@ -33,9 +33,9 @@ tf_loaded = Bundle.load(tf_bundle)
 x = np.concatenate([normal[:20], anomalies[:5]])
 print(json.dumps({
     "backend": loaded.manifest["runtime"]["keras_backend"],
-    "scores": loaded.score(x).score.tolist(),
-    "anogan": Bundle.load(out + "-anogan").score(x).score.tolist(),
-    "tf_scores": tf_loaded.score(x).score.tolist(),
+    "scores": loaded.score_components(x).score.tolist(),
+    "anogan": Bundle.load(out + "-anogan").score_components(x).score.tolist(),
+    "tf_scores": tf_loaded.score_components(x).score.tolist(),
 }))
 """
 
@@ -57,21 +57,21 @@ def test_train_save_load_score_under_jax(tmp_path, tiny_bundle):
     assert min(result["scores"][20:]) > sorted(result["scores"][:20])[10]
 
     # the TensorFlow-trained bundle scores the same under JAX as under TensorFlow
-    from anomaly.model.bundle import Bundle
-    from anomaly.testing.data import make_tabular_data
+    from anomaly.bundle.bundle import Bundle
+    from testsupport.data import make_tabular_data
 
     normal, anomalies = make_tabular_data()
     import numpy as np
 
     x = np.concatenate([normal[:20], anomalies[:5]])
-    tf_scores = Bundle.load(tiny_bundle).score(x).score
+    tf_scores = Bundle.load(tiny_bundle).score_components(x).score
     np.testing.assert_allclose(result["tf_scores"], tf_scores, rtol=1e-3, atol=1e-3)
 
 
 def test_cli_train_backend_option_selects_jax(tmp_path):
     import numpy as np
 
-    from anomaly.testing.data import FEATURES, make_tabular_data
+    from testsupport.data import FEATURES, make_tabular_data
 
     normal, _ = make_tabular_data(300, 0)
     data = tmp_path / "normal.csv"

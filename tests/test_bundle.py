@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
+from anomaly.bundle.bundle import MANIFEST, Bundle
 from anomaly.errors import BundleError
-from anomaly.model.bundle import MANIFEST, Bundle
-from anomaly.testing.data import make_tabular_data
+from testsupport.data import make_tabular_data
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_load_scores_in_original_units(tiny_bundle):
     bundle = Bundle.load(tiny_bundle)
     normal, anomalies = make_tabular_data(seed=1)
     normal[:, 4] = abs(normal[:, 4]) * 100
-    comps = bundle.score(np.concatenate([normal[:50], anomalies[:10]]))
+    comps = bundle.score_components(np.concatenate([normal[:50], anomalies[:10]]))
     assert len(comps) == 60
     assert comps.score[50:].mean() > comps.score[:50].mean()
     assert bundle.threshold == _manifest(tiny_bundle)["thresholds"][-1]["value"]
@@ -70,7 +70,7 @@ def test_load_scores_in_original_units(tiny_bundle):
 def test_shape_mismatch_is_refused(tiny_bundle):
     bundle = Bundle.load(tiny_bundle)
     with pytest.raises(BundleError, match="does not fit the bundle's schema"):
-        bundle.score(np.zeros((2, 4)))
+        bundle.score_components(np.zeros((2, 4)))
 
 
 def test_swapped_model_file_is_refused(bundle_copy):
@@ -151,7 +151,7 @@ def test_the_threshold_lives_only_in_the_manifest_history(bundle_copy):
 
 
 def test_an_old_bundle_with_a_threshold_in_its_detector_file_still_loads(bundle_copy):
-    from anomaly.model.bundle import sha256_file
+    from anomaly.bundle.bundle import sha256_file
 
     state_path = bundle_copy / "model" / "detector.json"
     state = json.loads(state_path.read_text())

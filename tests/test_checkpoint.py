@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from anomaly.model.bundle import Bundle
+from anomaly.bundle.bundle import Bundle
 from anomaly.stream.checkpoint import ExitCode
 from anomaly.stream.config import ConfigError, load_serve_config
 from anomaly.stream.metrics import Metrics, MetricsServer
 from anomaly.stream.service import StreamService
-from anomaly.testing.data import FEATURES, make_tabular_data, unique_name
-from anomaly.testing.kafka import (
+from anomaly.topics import produce
+from testsupport.data import FEATURES, make_tabular_data, unique_name
+from testsupport.kafka import (
     ServeProcess,
     committed,
     new_topics,
-    produce,
     read_topic,
     wait_until,
 )
@@ -98,7 +98,7 @@ class Running:
 
 
 class Wedgeable:
-    """The real bundle, whose ``score`` blocks while ``gate`` is closed (a wedged loop)."""
+    """The real bundle; ``score_components`` blocks while ``gate`` is closed (a wedged loop)."""
 
     def __init__(self, bundle: Bundle):
         self._bundle = bundle
@@ -108,10 +108,10 @@ class Wedgeable:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._bundle, name)
 
-    def score(self, X: np.ndarray) -> Any:
+    def score_components(self, X: np.ndarray) -> Any:
         self.entered.set()
         self.gate.wait(60)
-        return self._bundle.score(X)
+        return self._bundle.score_components(X)
 
 
 def test_healthz_turns_503_while_the_loop_is_wedged_and_200_when_it_turns_again(

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from anomaly.cli import main
-from anomaly.testing.data import FEATURES, make_tabular_data
+from testsupport.data import FEATURES, make_tabular_data
 
 
 def _write_csv(path, rows, labels=None, extra=None):
@@ -89,7 +89,7 @@ def test_info_is_human_readable(trained):
 def test_info_keeps_the_self_check_verdict_apart_from_training_stability(trained):
     """A component the self-check left out is named on the self-check line; the stability
     line only carries training events (collapse, non-finite losses)."""
-    from anomaly.model.describe import describe_manifest
+    from anomaly.bundle.describe import describe_manifest
 
     manifest = json.loads((trained / "manifest.json").read_text())
     check = next(e for e in manifest["training"]["log"] if e.get("phase") == "self_check")

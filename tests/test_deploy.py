@@ -819,8 +819,9 @@ def test_every_dashboard_and_rule_metric_is_in_a_live_scrape(
     import urllib.request
 
     from anomaly.demo.broker import create_topic
-    from anomaly.testing.data import FEATURES, make_tabular_data, unique_name
-    from anomaly.testing.kafka import ServeProcess, metric_sum, produce, wait_until
+    from anomaly.topics import produce
+    from testsupport.data import FEATURES, make_tabular_data, unique_name
+    from testsupport.kafka import ServeProcess, metric_sum, wait_until
 
     topics = {name: unique_name(name) for name in ("input", "alerts", "dlq", "scores", "group")}
     create_topic(kafka_bootstrap, topics["input"], partitions=2)

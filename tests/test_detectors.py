@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from anomaly.testing.data import make_tabular_data
 from detectors import AnoGAN, GANomaly
 from detectors.base import SCORING_BUCKETS, ScoreComponents
 from detectors.ganomaly import IMAGE_WEIGHTS, GANomalyNet
+from testsupport.data import make_tabular_data
 
 TINY = {"epochs": 4, "batch_size": 64, "hidden": (16, 8), "seed": 0}
 
@@ -255,7 +255,7 @@ def test_conv_ganomaly_at_128_rgb_pools_its_bank_to_8x8():
 def test_image_heatmap_follows_the_score_and_finds_the_defect():
     """On images the contributions are the memory-bank difference maps scaled by the score:
     a bright square pasted on a normal disc lights up where it was pasted."""
-    from anomaly.testing.images import disc_image
+    from testsupport.images import disc_image
 
     rng = np.random.default_rng(0)
     normal = np.stack(

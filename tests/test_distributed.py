@@ -37,7 +37,7 @@ def _train(tmp_path: Path, data: Path, out: str, *args: str) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def normal_csv(tmp_path_factory):
-    from anomaly.testing.data import FEATURES, make_tabular_data
+    from testsupport.data import FEATURES, make_tabular_data
 
     # 600 rows: train / validation / calibration splits of 420 / 90 / 90, all even, so the
     # two-device run drops no row and must match the one-device run up to float noise
@@ -48,8 +48,8 @@ def normal_csv(tmp_path_factory):
 
 
 def test_two_devices_write_a_bundle_that_scores_like_one_device(tmp_path, normal_csv):
-    from anomaly.model.bundle import Bundle
-    from anomaly.testing.data import make_tabular_data
+    from anomaly.bundle.bundle import Bundle
+    from testsupport.data import make_tabular_data
 
     for out, devices in (("two", "2"), ("one", "1")):
         proc = _train(tmp_path, normal_csv, out, "--epochs", "2", "--devices", devices)
@@ -67,7 +67,7 @@ def test_two_devices_write_a_bundle_that_scores_like_one_device(tmp_path, normal
 
     normal, anomalies = make_tabular_data(40, 20, seed=3)
     x = np.concatenate([normal, anomalies])
-    s_two, s_one = two.score(x).score, one.score(x).score
+    s_two, s_one = two.score_components(x).score, one.score_components(x).score
     # the global-batch loss is the same sum in another order: float noise only, which the
     # one-class boundary's solver (libsvm, stopping tolerance 1e-3) passes on at up to ~1e-3
     np.testing.assert_allclose(s_two, s_one, rtol=1e-3, atol=1e-3)
@@ -76,7 +76,7 @@ def test_two_devices_write_a_bundle_that_scores_like_one_device(tmp_path, normal
 
 
 def test_anogan_trains_on_two_devices(tmp_path, normal_csv):
-    from anomaly.model.bundle import Bundle
+    from anomaly.bundle.bundle import Bundle
 
     proc = _train(
         tmp_path,
@@ -88,7 +88,7 @@ def test_anogan_trains_on_two_devices(tmp_path, normal_csv):
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle = Bundle.load(tmp_path / "anogan")
     assert bundle.manifest["training"]["devices"] == 2
-    scores = bundle.score(np.loadtxt(normal_csv, delimiter=",", skiprows=1)[:32]).score
+    scores = bundle.score_components(np.loadtxt(normal_csv, delimiter=",", skiprows=1)[:32]).score
     assert scores.shape == (32,) and np.all(np.isfinite(scores))
 
 

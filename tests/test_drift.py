@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from anomaly.bundle.bundle import MANIFEST, Bundle
+from anomaly.bundle.profile import MAJOR_SHIFT, Profile, bin_counts, bin_edges, psi
 from anomaly.cli import main
-from anomaly.model.bundle import MANIFEST, Bundle
-from anomaly.model.profile import MAJOR_SHIFT, Profile, bin_counts, bin_edges, psi
 from anomaly.stream.drift import DriftMonitor
 from anomaly.stream.metrics import Metrics
-from anomaly.testing.data import FEATURES, make_tabular_data, unique_name
+from testsupport.data import FEATURES, make_tabular_data, unique_name
 
 
 def held_out(n_normal=600, n_anomalies=0):
@@ -69,11 +69,11 @@ def test_the_monitor_keeps_a_rolling_window(tiny_bundle):
     monitor = DriftMonitor(Profile.from_manifest(bundle.manifest), metrics, window=400)
     normal = held_out(400)
     for chunk in np.array_split(normal, 8):
-        values = monitor.observe(chunk, bundle.score(chunk).score)
+        values = monitor.observe(chunk, bundle.score_components(chunk).score)
     assert monitor.records == 400 and max(values.values()) < MAJOR_SHIFT
     moved = shifted(normal)
     for chunk in np.array_split(moved, 8):
-        values = monitor.observe(chunk, bundle.score(chunk).score)
+        values = monitor.observe(chunk, bundle.score_components(chunk).score)
     assert monitor.records == 400, "the normal batches left the window"
     assert values["f0"] > MAJOR_SHIFT and max(values[f] for f in FEATURES[1:]) < MAJOR_SHIFT
     text = metrics.exposition().decode()
@@ -125,7 +125,8 @@ def test_serve_drift_gauges_stay_under_the_bound_then_cross_it(kafka_bootstrap, 
     from anomaly.stream.drift import attach_drift
     from anomaly.stream.metrics import MetricsServer
     from anomaly.stream.service import StreamService
-    from anomaly.testing.kafka import produce, scrape, wait_until
+    from anomaly.topics import produce
+    from testsupport.kafka import scrape, wait_until
 
     topics = {
         "input_topic": unique_name("in"),

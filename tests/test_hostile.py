@@ -33,15 +33,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from anomaly.bundle.bundle import MANIFEST, Bundle
 from anomaly.errors import BundleError, RecordError
 from anomaly.imaging.readers import ImageReadError, read_file
-from anomaly.model.bundle import MANIFEST, Bundle
 from anomaly.stream import records
 from anomaly.stream.config import load_serve_config
 from anomaly.stream.metrics import Metrics, MetricsServer
-from anomaly.testing.data import FEATURES
-from anomaly.testing.kafka import new_topics, produce, read_topic, wait_until
-from anomaly.testing.reliability import Serve, make_records
+from anomaly.topics import produce
+from testsupport.data import FEATURES
+from testsupport.kafka import new_topics, read_topic, wait_until
+from testsupport.reliability import Serve, make_records
 
 IMAGE_REASONS = {
     "unreadable",
@@ -78,7 +79,7 @@ def _npz() -> bytes:
 def _dicom() -> bytes:
     import tempfile
 
-    from anomaly.testing.images import write_dicom
+    from testsupport.images import write_dicom
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "x.dcm"
@@ -153,7 +154,7 @@ def _gzip_corrupted() -> bytes:
 
 def _valid_dicom_bytes(old: bytes, new: bytes) -> bytes:
     """A small valid DICOM file with one byte string replaced (it must occur exactly once)."""
-    from anomaly.testing.images import write_dicom
+    from testsupport.images import write_dicom
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "x.dcm"

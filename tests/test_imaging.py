@@ -19,7 +19,7 @@ from anomaly.imaging.readers import (
     preprocess,
     read_file,
 )
-from anomaly.testing.images import (
+from testsupport.images import (
     cross_image,
     disc_image,
     normal_discs,

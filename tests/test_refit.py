@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from anomaly.bundle.bundle import MANIFEST, Bundle
 from anomaly.cli import main
 from anomaly.errors import AnomalyError
-from anomaly.model.bundle import MANIFEST, Bundle
 from anomaly.stream.alerts import AlertBuilder, Source, encode
-from anomaly.testing.data import FEATURES, make_tabular_data, unique_name
+from testsupport.data import FEATURES, make_tabular_data, unique_name
 
 
 def run(*args):
@@ -42,7 +42,7 @@ def score_messages(bundle_dir, topic="transactions", n_normal=400, n_anomalies=4
     """Score messages exactly as serve publishes them, for held-out normal + anomalous rows."""
     bundle = Bundle.load(bundle_dir)
     X = held_out(n_normal, n_anomalies)
-    scores = bundle.score(X).score
+    scores = bundle.score_components(X).score
     builder = AlertBuilder(bundle.model_name, bundle.model_version, FEATURES)
     messages = []
     for i, score in enumerate(scores):
@@ -168,7 +168,8 @@ def test_refit_from_the_live_scores_topic_and_a_rollback_picked_up_by_serve(
     kafka_bootstrap, bundle_copy, tmp_path
 ):
     from anomaly.stream.config import load_serve_config
-    from anomaly.testing.kafka import new_topics, produce, read_topic, scrape, wait_until
+    from anomaly.topics import produce
+    from testsupport.kafka import new_topics, read_topic, scrape, wait_until
 
     topics = new_topics(kafka_bootstrap, partitions=2)
     config = load_serve_config(
@@ -274,7 +275,7 @@ def test_refit_from_the_live_scores_topic_and_a_rollback_picked_up_by_serve(
 
 
 def test_the_window_drops_replays_other_model_versions_and_old_scores():
-    from anomaly.ops.scores import Feedback, build_window, parse_duration
+    from anomaly.monitoring.scores import Feedback, build_window, parse_duration
 
     now = 1_700_000_000_000
     base = {"model": {"name": "m", "version": "v1"}}

@@ -3,7 +3,7 @@
 Each test owns a Tansu broker on 127.0.0.1 (it is stopped, paused or restarted) and reconciles
 every input offset against the output topics read back from the broker: scored (a score
 message; an alert as well when over the threshold) or dead-lettered, never both, never
-missing. The scenarios live in anomaly/testing/reliability.py, shared with
+missing. The scenarios live in testsupport/reliability.py, shared with
 bench/reliability.py, which runs them at full size for docs/reliability.md.
 
 The default run (CI) uses small, bounded sizes: about 6 minutes in all on a 2-core machine.
@@ -20,7 +20,7 @@ import os
 
 import pytest
 
-from anomaly.testing.reliability import (
+from testsupport.reliability import (
     Outcome,
     back_pressure,
     broker_restart,

@@ -11,8 +11,8 @@ from PIL import Image
 
 from anomaly.imaging.readers import ImageMeta, ImageReadError
 from anomaly.imaging.report import heatmap_overlay, write_report
-from anomaly.testing.browser import CHROMIUM, image_is_blank, screenshot
-from anomaly.testing.images import cross_image, normal_discs
+from testsupport.browser import CHROMIUM, image_is_blank, screenshot
+from testsupport.images import cross_image, normal_discs
 
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
@@ -161,7 +161,7 @@ def scored(tmp_path_factory):
     from click.testing import CliRunner
 
     from anomaly.cli import main
-    from anomaly.testing.images import (
+    from testsupport.images import (
         disc_image,
         to_stored,
         write_dicom,

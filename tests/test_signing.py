@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from anomaly.bundle.bundle import MANIFEST, Bundle
 from anomaly.cli import main
 from anomaly.errors import BundleError
-from anomaly.model.bundle import MANIFEST, Bundle
-from anomaly.testing.data import FEATURES
+from testsupport.data import FEATURES
 
 
 def run(*args):
@@ -115,7 +115,7 @@ def test_an_unsigned_bundle_loads_unless_a_signature_is_required(tiny_bundle):
 def serve_in_thread(bundle, keys=None, **extra):
     """``anomaly serve``'s entry point in a worker thread (no signal handlers)."""
     from anomaly.stream.config import load_serve_config
-    from anomaly.stream.process import serve
+    from anomaly.stream.startup import serve
 
     config = load_serve_config(
         {

@@ -29,7 +29,7 @@ def spark():
 
 
 def _records_csv(path: Path, rows: np.ndarray, ids: list[str] | None = None) -> Path:
-    from anomaly.testing.data import FEATURES
+    from testsupport.data import FEATURES
 
     header = (["id"] if ids is not None else []) + FEATURES
     lines = [",".join(header)]
@@ -51,7 +51,7 @@ def test_records_score_like_anomaly_score_and_bad_rows_go_to_errors(spark, tmp_p
     from click.testing import CliRunner
 
     from anomaly.cli import main
-    from anomaly.testing.data import FEATURES, make_tabular_data
+    from testsupport.data import FEATURES, make_tabular_data
 
     normal, anomalies = make_tabular_data(150, 30, seed=4)
     rows = np.concatenate([normal, anomalies])
@@ -104,10 +104,10 @@ def test_records_score_like_anomaly_score_and_bad_rows_go_to_errors(spark, tmp_p
 
 
 def test_parquet_with_an_id_column(spark, tmp_path, tiny_bundle):
+    from anomaly.bundle.bundle import Bundle
     from anomaly.errors import AnomalyError
-    from anomaly.model.bundle import Bundle
     from anomaly.spark.scoring import score_dataset
-    from anomaly.testing.data import FEATURES, make_tabular_data
+    from testsupport.data import FEATURES, make_tabular_data
 
     normal, _ = make_tabular_data(64, 0, seed=9)
     normal[:, 4] = np.abs(normal[:, 4]) * 100
@@ -124,7 +124,7 @@ def test_parquet_with_an_id_column(spark, tmp_path, tiny_bundle):
     ]
     scored = pd.read_parquet(summary.out).set_index("id")
     keep = frame.drop(index=5)
-    expected = Bundle.load(tiny_bundle).score(keep[FEATURES].to_numpy()).score
+    expected = Bundle.load(tiny_bundle).score_components(keep[FEATURES].to_numpy()).score
     got = scored.loc[keep["record_id"], "score"].to_numpy()
     assert np.abs(got - expected).max() <= 1e-5
 
@@ -145,10 +145,10 @@ def test_missing_feature_column_is_one_clear_error(spark, tmp_path, tiny_bundle)
 
 @pytest.fixture(scope="module")
 def image_bundle(tmp_path_factory):
+    from anomaly.bundle.schema import Schema
+    from anomaly.bundle.training import train_bundle
     from anomaly.imaging.readers import load_training_images
-    from anomaly.model.schema import Schema
-    from anomaly.model.training import train_bundle
-    from anomaly.testing.images import normal_discs, write_png
+    from testsupport.images import normal_discs, write_png
 
     root = tmp_path_factory.mktemp("spark-images")
     for i, image in enumerate(normal_discs(96, 16, seed=1)):
@@ -168,11 +168,11 @@ def image_bundle(tmp_path_factory):
 def test_images_score_like_score_images_and_unreadable_files_go_to_errors(
     spark, tmp_path, image_bundle
 ):
+    from anomaly.bundle.bundle import Bundle
     from anomaly.imaging.readers import discover_files, iter_batches
-    from anomaly.imaging.report import bundle_image_options
-    from anomaly.model.bundle import Bundle
+    from anomaly.imaging.scoring import bundle_image_options
     from anomaly.spark.scoring import score_image_files
-    from anomaly.testing.images import (
+    from testsupport.images import (
         cross_image,
         normal_discs,
         write_png,
@@ -204,7 +204,7 @@ def test_images_score_like_score_images_and_unreadable_files_go_to_errors(
     reference, failed = {}, []
     for batch in iter_batches(files, bundle_image_options(bundle), 64):
         failed += [Path(e.path).name for e in batch.errors]
-        scores = bundle.score(batch.images).score if batch.metas else []
+        scores = bundle.score_components(batch.images).score if batch.metas else []
         reference.update({m.path: float(s) for m, s in zip(batch.metas, scores, strict=True)})
     assert sorted(failed) == ["garbage.png", "truncated.png"]
 

@@ -18,18 +18,18 @@ import jsonschema
 import numpy as np
 import pytest
 
+from anomaly.bundle.bundle import Bundle
 from anomaly.demo.broker import create_topic
-from anomaly.model.bundle import Bundle
 from anomaly.stream.alerts import load_schema
 from anomaly.stream.config import load_serve_config
 from anomaly.stream.metrics import Metrics, MetricsServer
 from anomaly.stream.service import StreamService
-from anomaly.testing.data import FEATURES, make_tabular_data, unique_name
-from anomaly.testing.kafka import (
+from anomaly.topics import produce
+from testsupport.data import FEATURES, make_tabular_data, unique_name
+from testsupport.kafka import (
     ServeProcess,
     committed,
     metric_sum,
-    produce,
     read_topic,
     scrape,
     wait_until,
@@ -193,7 +193,7 @@ def test_every_record_is_scored_or_dead_lettered_and_each_anomaly_alerted_once(
         assert message.key == origin.key and alert["record_id"] == origin.key.decode()
         assert alert["fields"] == {}
     flagged_ids = {a["record_id"] for a in alert_messages}
-    offline = bundle.score(rows).score
+    offline = bundle.score_components(rows).score
     offline_flagged = {f"r-{i}" for i in np.flatnonzero(offline > bundle.threshold)}
     assert len(flagged_ids ^ offline_flagged) <= 1  # float32 ties at the threshold aside
 
@@ -229,14 +229,14 @@ def test_threshold_refit_is_picked_up_live(kafka_bootstrap, tiny_bundle, tmp_pat
     served = Bundle.load(bundle_dir)
     old = served.threshold
     runner = ServiceThread(config, served)
-    caplog.set_level(logging.INFO, logger="anomaly.stream.service")
+    caplog.set_level(logging.INFO, logger="anomaly.stream.threshold_reload")
     try:
         produce(kafka_bootstrap, topics["input_topic"], first)
         assert wait_until(lambda: runner.service.records_consumed >= 100, 60)
         # Refit from another process' point of view: a second Bundle object appends a threshold
         # that flags most normal records, as `anomaly threshold` does.
         writer = Bundle.load(bundle_dir)
-        new = float(np.quantile(writer.score(rows).score, 0.2))
+        new = float(np.quantile(writer.score_components(rows).score, 0.2))
         writer.append_threshold({"method": "quantile", "value": new, "note": "test refit"})
         assert wait_until(
             lambda: scrape(runner.server.url).get("anomaly_threshold_reloads_total{}") == 1, 10

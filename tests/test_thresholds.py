@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anomaly.errors import AnomalyError
-from anomaly.model.thresholds import (
+from anomaly.bundle.thresholds import (
     fit_threshold,
     history_table,
     implied_rates,
@@ -14,6 +13,7 @@ from anomaly.model.thresholds import (
     propose_change,
     quantile_threshold,
 )
+from anomaly.errors import AnomalyError
 
 
 def test_quantile_meets_the_target_fpr():

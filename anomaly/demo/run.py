@@ -2,7 +2,8 @@
 
 Starts a local Kafka-protocol broker (Tansu) on a free loopback port, trains a small GANomaly
 bundle on synthetic normal card transactions (``anomaly.demo.synthetic``), streams held-out
-transactions with injected fraud through the same loop as ``anomaly serve``, prints the
+transactions with injected fraud through ``anomaly serve``'s own start-up
+(``anomaly.stream.startup.serve``, drift gauges included), prints the
 alerts with their top features, how many frauds they caught, and the metrics URL, then stops
 everything. No data from outside the package is needed.
 """
@@ -22,13 +23,11 @@ import orjson
 from anomaly.demo import synthetic
 from anomaly.demo.broker import LocalBroker, create_topic
 from anomaly.stream.config import load_serve_config
-from anomaly.stream.metrics import Metrics, MetricsServer
-from anomaly.stream.service import (
-    StreamService,
-    backend_info,
-    configure_logging,
-    install_signal_handlers,
-)
+from anomaly.stream.logs import configure_logging
+from anomaly.stream.metrics import MetricsServer
+from anomaly.stream.service import StreamService
+from anomaly.stream.startup import serve
+from anomaly.topics import produce, read_records
 
 
 @dataclass(frozen=True)
@@ -45,8 +44,8 @@ class DemoResult:
 
 
 def _train(out: Path, n_train: int, epochs: int, seed: int) -> Path:
-    from anomaly.model.schema import Schema
-    from anomaly.model.training import train_bundle
+    from anomaly.bundle.schema import Schema
+    from anomaly.bundle.training import train_bundle
 
     normal = synthetic.generate(n_train, fraud_rate=0.0, seed=seed)
     path = out / "bundle"
@@ -62,33 +61,6 @@ def _train(out: Path, n_train: int, epochs: int, seed: int) -> Path:
         source="anomaly.demo.synthetic",
     )
     return path
-
-
-def _produce(bootstrap: str, topic: str, data: synthetic.Transactions, poison: list[bytes]) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    for key, value in synthetic.records(data):
-        producer.send(topic, key=key, value=value)
-    for i, value in enumerate(poison):
-        producer.send(topic, key=f"bad-{i}".encode(), value=value)
-    producer.flush()
-    producer.close()
-
-
-def _read(bootstrap: str, topic: str, timeout: float = 5.0) -> list[bytes]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(timeout * 1000),
-    )
-    messages = [m.value for m in consumer]
-    consumer.close()
-    return messages
 
 
 def run_demo(
@@ -126,7 +98,8 @@ def run_demo(
             "dlq_topic": "transactions.dlq",
         }
         create_topic(broker.bootstrap, topics["input_topic"], partitions=3)
-        _produce(broker.bootstrap, topics["input_topic"], stream, poison)
+        bad = [(f"bad-{i}".encode(), value) for i, value in enumerate(poison)]
+        produce(broker.bootstrap, topics["input_topic"], [*synthetic.records(stream), *bad])
         total = len(stream) + len(poison)
         echo(
             f"produced {len(stream)} transactions ({int(stream.y.sum())} fraud)"
@@ -144,49 +117,56 @@ def run_demo(
                 "metrics_port": metrics_port,
                 "alert_fields": "Amount",
                 "top_features": 3,
+                "log_format": "text",
+                "log_level": "WARNING",
             },
             env={},
         )
-        from anomaly.model.bundle import Bundle
+        outcome: dict[str, object] = {"metrics_url": ""}
 
-        bundle = Bundle.load(bundle_path)
-        metrics = Metrics()
-        metrics.set_model(bundle.model_name, bundle.model_version, *backend_info())
-        server = MetricsServer(metrics, config.metrics_host, config.metrics_port).start()
-        echo(f"serving; Prometheus metrics at {server.url} (also /healthz, /readyz)")
-        service = StreamService(config, bundle, metrics)
-        if threading.current_thread() is threading.main_thread():
-            install_signal_handlers(service)
+        def on_start(service: StreamService, server: MetricsServer) -> None:
+            outcome["metrics_url"] = server.url
+            echo(f"serving; Prometheus metrics at {server.url} (also /healthz, /readyz)")
+            threading.Thread(target=_stop_when_done, args=(service, total), daemon=True).start()
 
-        def stop_when_done() -> None:
-            deadline = time.monotonic() + 120
-            while service.records_consumed < total and time.monotonic() < deadline:
-                if service.stopping:
-                    return
-                time.sleep(0.2)
-            service.stop()
+        def on_stop(service: StreamService, server: MetricsServer, status: int) -> None:
+            alerts = [
+                orjson.loads(r.value) for r in read_records(broker.bootstrap, topics["alert_topic"])
+            ]
+            dead = read_records(broker.bootstrap, topics["dlq_topic"])
+            caught = {a["record_id"] for a in alerts if labels.get(a["record_id"], (0, ""))[0]}
+            _print_alerts(alerts, labels, echo)
+            echo(
+                f"{len(alerts)} alerts for {len(stream)} transactions; "
+                f"caught {len(caught)} of {frauds} "
+                f"frauds; {len(dead)} malformed records dead-lettered; exit status {status}"
+            )
+            outcome.update(alerts=len(alerts), caught=len(caught), dead=len(dead))
+            if linger_s > 0:
+                echo(f"metrics stay up at {server.url} for {linger_s:.0f} s")
+                time.sleep(linger_s)
 
-        watcher = threading.Thread(target=stop_when_done, daemon=True)
-        watcher.start()
-        status = service.run()
-        watcher.join(timeout=1)
-        alerts = [orjson.loads(value) for value in _read(broker.bootstrap, config.alert_topic)]
-        dead = _read(broker.bootstrap, config.dlq_topic, timeout=2.0)
-        caught = {a["record_id"] for a in alerts if labels.get(a["record_id"], (0, ""))[0] == 1}
-        _print_alerts(alerts, labels, echo)
         frauds = int(stream.y.sum())
-        echo(
-            f"{len(alerts)} alerts for {len(stream)} transactions; "
-            f"caught {len(caught)} of {frauds} "
-            f"frauds; {len(dead)} malformed records dead-lettered; exit status {status}"
-        )
-        if linger_s > 0:
-            echo(f"metrics stay up at {server.url} for {linger_s:.0f} s")
-            time.sleep(linger_s)
-        server.stop()
+        serve(config, on_start=on_start, on_stop=on_stop)
     return DemoResult(
-        len(stream), frauds, len(alerts), len(caught), len(dead), bundle_path, server.url
+        len(stream),
+        frauds,
+        int(outcome.get("alerts", 0)),
+        int(outcome.get("caught", 0)),
+        int(outcome.get("dead", 0)),
+        bundle_path,
+        str(outcome["metrics_url"]),
     )
+
+
+def _stop_when_done(service: StreamService, total: int, timeout_s: float = 120.0) -> None:
+    """Stop the service once it consumed ``total`` records (or after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while service.records_consumed < total and time.monotonic() < deadline:
+        if service.stopping:
+            return
+        time.sleep(0.2)
+    service.stop()
 
 
 def _print_alerts(
@@ -201,7 +181,8 @@ def _print_alerts(
         )
         amount = alert["fields"].get("Amount")
         echo(
-            f"  {alert['record_id']:>8}  score {alert['score']:7.2f} > {alert['threshold']:.2f}"
+            f"  {alert['record_id']:>8}  score {alert['score']:7.2f}"
+            f" (threshold {alert['threshold']:.2f})"
             f"  amount {amount if amount is not None else '-':>9}  {truth:<16} {features}"
         )
     if alerts:

@@ -1,6 +1,7 @@
 """The imaging QA report: scores.csv, errors.csv and an offline index.html to review flagged images.
 
-The report is written while scoring goes on: CSV rows are appended per batch and each flagged
+Images are scored by ``anomaly.imaging.scoring``; this module only renders what it gives. The
+report is written while scoring goes on: CSV rows are appended per batch and each flagged
 image's three thumbnails (input, reconstruction, residual heatmap over the input) are written
 as PNG files under ``thumbs/`` at once, so memory does not grow with the folder size. Only
 the small per-row facts needed to sort the page are kept until :meth:`ReportWriter.close`
@@ -25,14 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from anomaly.errors import BundleError
-from anomaly.imaging.readers import (
-    ImageMeta,
-    ImageReadError,
-    PreprocessOptions,
-    discover_files,
-    iter_batches,
-)
+from anomaly.bundle.decision import exceeds
+from anomaly.imaging.readers import ImageMeta, ImageReadError, discover_files
+from anomaly.imaging.scoring import score_folder
 
 UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 ERROR_COLUMNS = ("path", "frame", "reason", "message")
@@ -146,10 +142,10 @@ class ReportWriter:
         residuals: np.ndarray,
         scores: np.ndarray,
         components: dict[str, np.ndarray],
-    ) -> np.ndarray:
-        """Record one scored batch; returns its is_anomaly flags (score > threshold)."""
+        flags: np.ndarray,
+    ) -> None:
+        """Record one scored batch; ``flags`` are its decisions (``anomaly.bundle.decision``)."""
         scores = np.asarray(scores, dtype=np.float64)
-        flags = scores > self.threshold
         for i, meta in enumerate(metas):
             row = self._rows
             self._rows += 1
@@ -182,7 +178,6 @@ class ReportWriter:
                 )
                 self._flagged.append(_Flagged(float(scores[i]), row, meta, comp, names))
         self._scores_fh.flush()
-        return flags
 
     def add_errors(self, errors: Sequence[ImageReadError]) -> None:
         """Record files (or frames) that could not be read; the batch goes on."""
@@ -300,7 +295,8 @@ class ReportWriter:
         return (
             f"<section class='card' data-path='{esc(meta.path)}'>"
             f"<h3>#{rank} {label}</h3>"
-            f"<div class='score'>score <b>{f.score:.6g}</b> &gt; threshold {self.threshold:.6g}"
+            f"<div class='score'>score <b>{f.score:.6g}</b>"
+            f" &gt; threshold {self.threshold:.6g}"
             f"<span class='comps'>{comps}</span></div>{uids}"
             f"<div class='imgs'>{images}</div></section>"
         )
@@ -339,32 +335,13 @@ def write_report(
 ) -> ReportSummary:
     """Whole-array convenience wrapper around :class:`ReportWriter` (one batch)."""
     with ReportWriter(out_dir, threshold, list(components), **kwargs) as writer:
-        writer.add(metas, inputs, reconstructions, residuals, scores, components)
+        flags = exceeds(scores, threshold)
+        writer.add(metas, inputs, reconstructions, residuals, scores, components, flags)
         writer.add_errors(errors)
         return writer.close()
 
 
-def bundle_image_options(
-    bundle: Any, dicom_window: tuple[float, float] | None = None
-) -> PreprocessOptions:
-    """The preprocessing the bundle was trained with (manifest), at the schema's image shape.
-
-    ``dicom_window`` overrides the trained window (a site's preferred preset); geometry and
-    channels never change, since the network only knows one shape.
-    """
-    if bundle.schema.kind != "image":
-        raise BundleError(f"{bundle.path}: a {bundle.schema.kind} bundle cannot score images")
-    h, w, c = bundle.schema.image_shape
-    stored = dict(bundle.manifest.get("preprocessing") or {})
-    options = PreprocessOptions.from_dict(
-        {"fit": "center_crop", **stored, "height": h, "width": w, "channels": c}
-    )
-    if dicom_window is not None:
-        options = PreprocessOptions(h, w, c, options.fit, dicom_window, options.intensity)
-    return options
-
-
-def score_images(
+def report_folder(
     bundle: Any,
     source: str | Path,
     out_dir: str | Path,
@@ -373,13 +350,13 @@ def score_images(
     on_file_done: Callable[[Path], None] | None = None,
     paths: Sequence[Path] | None = None,
 ) -> ReportSummary:
-    """Score every image under ``source`` in batches and write the report to ``out_dir``.
+    """Render the report of every image under ``source`` (scored by
+    ``anomaly.imaging.scoring``) to ``out_dir``.
 
     Memory stays bounded by one batch: files are decoded lazily, CSV rows and thumbnails are
     written per batch. ``paths`` (from :func:`discover_files`) may be passed in when the
     caller already listed them, e.g. to size a progress bar.
     """
-    options = bundle_image_options(bundle, dicom_window)
     files = list(paths) if paths is not None else discover_files(source)
     names = _component_names(bundle)
     model = f"{bundle.model_name} {bundle.model_version}"
@@ -388,18 +365,19 @@ def score_images(
     with ReportWriter(
         out_dir, bundle.threshold, names, title=title, model=model, **heatmap
     ) as writer:
-        for batch in iter_batches(files, options, batch_size, on_file_done):
-            if batch.metas:
-                comps = bundle.score(batch.images)
+        for scored in score_folder(bundle, files, batch_size, dicom_window, on_file_done):
+            comps = scored.components
+            if comps is not None:
                 writer.add(
-                    batch.metas,
-                    batch.images,
+                    scored.metas,
+                    scored.images,
                     comps.reconstructed,
                     comps.contributions,
                     comps.score,
                     {n: comps.component(n) for n in names},
+                    scored.flags,
                 )
-            writer.add_errors(batch.errors)
+            writer.add_errors(scored.errors)
         return writer.close()
 
 

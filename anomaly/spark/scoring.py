@@ -6,11 +6,11 @@ keyed by the bundle path and the sha256 of its manifest, and reuses it for every
 of every task it runs; ``Bundle.load`` verifies every file's checksum as usual.
 
 Records go through ``anomaly.tabular.batch.score_table`` and images through the readers and
-the one preprocessing function of ``anomaly.imaging.readers``, so a row scores here exactly as
-it does in ``anomaly score`` / ``anomaly score-images``. A row or file that cannot be scored
-(a missing or non-numeric value, an unreadable image) goes to the errors output with its
-reason instead of failing the job: every input row is either scored, an error, or (images
-only) skipped as not an image file, as ``score-images`` skips a stray README.
+the one scoring loop of ``anomaly.imaging.scoring``, so a row scores here exactly as it does
+in ``anomaly score`` / ``anomaly score-images``. A row or file that cannot be scored (a
+missing or non-numeric value, an unreadable image) goes to the errors output with its reason
+instead of failing the job: every input row is either scored, an error, or (images only)
+skipped as not an image file, as ``score-images`` skips a stray README.
 
 The bundle must be readable at the same path on the driver and the executors (a shared
 file system), or shipped with the job (``spark-submit --archives fraud.zip#fraud``): a
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from anomaly.bundle.bundle import MANIFEST, sha256_file
+from anomaly.bundle.schema import Schema
 from anomaly.errors import AnomalyError, BundleError
-from anomaly.model.bundle import MANIFEST, sha256_file
-from anomaly.model.schema import Schema
 
 # Columns ``anomaly score`` and ``anomaly score-images`` write, in their order.
 UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -106,7 +106,7 @@ def cached_bundle(bundle_path: str, fingerprint: str) -> Any:
     """The bundle, loaded once per Python process for each (path, manifest fingerprint)."""
     key = (bundle_path, fingerprint)
     if key not in _BUNDLES:
-        from anomaly.model.bundle import Bundle
+        from anomaly.bundle.bundle import Bundle
 
         local = _locate(bundle_path)
         found = sha256_file(local / MANIFEST)
@@ -427,8 +427,8 @@ def _score_image_batches(
     that failed (reason, message), or per file that is not an image (skipped)."""
     import pandas as pd
 
-    from anomaly.imaging.readers import discover_files, iter_images
-    from anomaly.imaging.report import bundle_image_options
+    from anomaly.imaging.readers import Batch, discover_files, iter_images
+    from anomaly.imaging.scoring import bundle_image_options, score_batches
 
     bundle = cached_bundle(bundle_path, fingerprint)
     options = bundle_image_options(bundle, window)
@@ -463,10 +463,13 @@ def _score_image_batches(
                         )
                 local.unlink()
                 folder.rmdir()
-            for start in range(0, len(images), batch_size):
-                comps = bundle.score(np.stack(images[start : start + batch_size]))
-                threshold = bundle.threshold
-                for j, meta in enumerate(metas[start : start + batch_size]):
+            chunks = (
+                Batch(metas[s : s + batch_size], np.stack(images[s : s + batch_size]), [])
+                for s in range(0, len(images), batch_size)
+            )
+            for scored in score_batches(bundle, chunks):
+                comps = scored.components
+                for j, meta in enumerate(scored.metas):
                     row = {
                         "path": meta.path,
                         "frame": meta.frame,
@@ -474,7 +477,7 @@ def _score_image_batches(
                         UID_COLUMNS[1]: meta.series_uid,
                         UID_COLUMNS[2]: meta.sop_uid,
                         "score": float(comps.score[j]),
-                        "is_anomaly": bool(comps.score[j] > threshold),
+                        "is_anomaly": bool(scored.flags[j]),
                         "status": STATUS_SCORED,
                     }
                     for name in components:

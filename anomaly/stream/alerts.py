@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from anomaly.bundle.decision import exceeds
+
 SCHEMA_VERSION = 1
 
 
@@ -145,7 +147,7 @@ class AlertBuilder:
         message = self._common(
             source, record_id, score, components, threshold, threshold_version, scored_ms
         )
-        message["is_anomaly"] = score > threshold
+        message["is_anomaly"] = bool(exceeds(score, threshold))
         return message
 
     def _top(self, contributions: np.ndarray) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Rolling drift of the served traffic against the bundle's reference (``anomaly.model.profile``).
+"""Rolling drift of the served traffic against the bundle's reference (``anomaly.bundle.profile``).
 
 ``DriftMonitor`` is a ``StreamService`` observer: each scored batch is binned with the
 reference's fixed edges (one ``searchsorted`` per feature), the counts of the last
@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from anomaly.model.profile import Profile, psi
+from anomaly.bundle.profile import Profile, psi
 from anomaly.stream.metrics import Metrics
 
-log = logging.getLogger("anomaly.stream.drift")
+log = logging.getLogger(__name__)
 
 
 class DriftMonitor:

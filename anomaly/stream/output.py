@@ -19,7 +19,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from anomaly.errors import AnomalyError
 from anomaly.stream.config import ServeConfig
 
-log = logging.getLogger("anomaly.stream.output")
+log = logging.getLogger(__name__)
 
 
 class SendFailed(AnomalyError):

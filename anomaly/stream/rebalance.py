@@ -7,29 +7,67 @@ polled but not yet scored (the next owner reads them), waits a bounded time for 
 already handed to the producer with kafka-python's own awaitable sleep (heartbeats go on),
 then commits what was delivered and awaits that commit, a synchronous commit in effect.
 Undelivered output is not committed; with exactly-once the open transaction is aborted.
+
+The listener reaches the loop only through :class:`Member` (``StreamService`` provides it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol
 
-from kafka import AsyncConsumerRebalanceListener, TopicPartition
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-if TYPE_CHECKING:
-    from anomaly.stream.service import StreamService
+from anomaly.stream.checkpoint import Checkpoint
+from anomaly.stream.config import ServeConfig
+from anomaly.stream.output import Output
 
-log = logging.getLogger("anomaly.stream.service")
+log = logging.getLogger(__name__)
+
+
+class Member(Protocol):
+    """What the listener needs from the consumer-group member it serves."""
+
+    config: ServeConfig
+    checkpoint: Checkpoint
+    output: Output
+
+    @property
+    def consumer(self) -> KafkaConsumer:
+        """The input consumer."""
+
+    def drop_pending(self) -> int:
+        """Forget the records polled but not scored (the next owner reads them); how many."""
+
+    def count_commit(self) -> None:
+        """Count a commit in the metrics."""
+
+    def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """The partitions are gone."""
+
+    def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        """New partitions arrived."""
+
+
+def io_loop_sleep(consumer: KafkaConsumer, seconds: float) -> Awaitable[Any]:
+    """An awaitable sleep on kafka-python's IO loop, during which heartbeats go on.
+
+    kafka-python 3 runs rebalance listeners as coroutines on its own IO kernel, not asyncio:
+    ``asyncio.sleep`` cannot be awaited there and ``time.sleep`` would stop the heartbeats.
+    The only awaitable sleep is its network selector's, reached through the private
+    ``consumer._net``; tests/test_rebalance.py fails if a kafka-python release removes it.
+    """
+    return consumer._net.sleep(seconds)
 
 
 class RebalanceListener(AsyncConsumerRebalanceListener):
     """Finishes or abandons the pending checkpoint when partitions go, then tells the loop."""
 
-    def __init__(self, service: StreamService):
-        self.service = service
+    def __init__(self, member: Member):
+        self.member = member
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         await self._revoke(list(revoked), lost=False)
@@ -38,64 +76,63 @@ class RebalanceListener(AsyncConsumerRebalanceListener):
         await self._revoke(list(lost), lost=True)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self.service.on_assigned(list(assigned))
+        self.member.on_assigned(list(assigned))
 
     async def _revoke(self, revoked: list[TopicPartition], lost: bool) -> None:
-        service = self.service
+        member = self.member
+        uncommitted = member.checkpoint.records
+        dropped = member.drop_pending()  # neither scored nor committed: the next owner reads them
         log.info(
             "partitions lost" if lost else "partitions revoked",
             extra={
                 "event": "lost" if lost else "revoked",
                 "partitions": [f"{tp.topic}-{tp.partition}" for tp in revoked],
-                "dropped_unscored": len(service.pending),
-                "uncommitted": service.checkpoint.records,
+                "dropped_unscored": dropped,
+                "uncommitted": uncommitted,
             },
         )
-        service.pending = []  # neither scored nor committed: the next owner reads them
-        if not service.checkpoint.empty:
-            if lost or service.output.transactional:
+        if not member.checkpoint.empty:
+            if lost or member.output.transactional:
                 self._abandon("lost" if lost else "exactly_once")
             else:
                 await self._commit()
-        service.on_revoked(revoked)
+        member.on_revoked(revoked)
 
     async def _commit(self) -> None:
         """Wait (yielding to heartbeats) for the outputs in flight, then commit and await it."""
-        service = self.service
-        checkpoint = service.checkpoint
-        config = service.config
+        member = self.member
+        checkpoint = member.checkpoint
+        config = member.config
         deadline = time.monotonic() + min(config.flush_timeout_s, config.session_timeout_ms / 2000)
         while not checkpoint.settled() and time.monotonic() < deadline:
-            # kafka-python's awaitable sleep on its IO loop: heartbeats run meanwhile.
-            await service.consumer._net.sleep(0.01)
+            await io_loop_sleep(member.consumer, 0.01)
         if not checkpoint.settled() or checkpoint.failure() is not None:
             self._abandon("undelivered")
             return
         records = checkpoint.records
         try:
-            await service.consumer.commit_async(checkpoint.offsets())
+            await member.consumer.commit_async(checkpoint.offsets())
         except KafkaError as exc:
             log.warning(
                 "commit on revocation failed; the new owner re-reads those records",
                 extra={"event": "commit_failed", "error": repr(exc)},
             )
         else:
-            service.metrics.commits.inc()
-            service.metrics.last_commit.set(time.time())
+            member.count_commit()
             log.info(
                 "committed on revocation", extra={"event": "revoke_commit", "records": records}
             )
         checkpoint.reset()
 
     def _abandon(self, why: str) -> None:
-        service = self.service
+        member = self.member
         log.warning(
             "handing the partitions over without committing; the new owner re-reads them",
             extra={
                 "event": "revoke_abandon",
                 "reason": why,
-                "records": service.checkpoint.records,
+                "records": member.checkpoint.records,
             },
         )
-        service.output.abort()
-        service.checkpoint.reset()
+        member.output.abort()
+        member.checkpoint.reset()

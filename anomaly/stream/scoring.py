@@ -31,7 +31,7 @@ Send = Callable[[str, bytes | None, bytes | None, list[Any] | None], None]
 
 
 class Scorer(Protocol):
-    """What the loop needs from a model bundle (``anomaly.model.bundle.Bundle`` provides it)."""
+    """What the loop needs from a model bundle (``anomaly.bundle.bundle.Bundle`` provides it)."""
 
     schema: Any
     model_name: str
@@ -40,8 +40,11 @@ class Scorer(Protocol):
     threshold_version: int
     expected_anomaly_rate: float | None
 
-    def score(self, X_raw: np.ndarray) -> Any:
+    def score_components(self, X_raw: np.ndarray) -> Any:
         """ScoreComponents for a float batch in schema column order."""
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """Which scores are anomalies under the live threshold."""
 
     def refresh_threshold(self) -> bool:
         """Re-read the threshold when the manifest changed; True when it did."""
@@ -121,7 +124,7 @@ class BatchScorer:
         self, records: list[Any], decoded: list[Any], X: np.ndarray, send: Send
     ) -> tuple[np.ndarray, int, int]:
         started = time.perf_counter()
-        components = self.scorer.score(X)
+        components = self.scorer.score_components(X)
         self.metrics.scoring_duration.observe(time.perf_counter() - started)
         scores = np.asarray(components.score, dtype=np.float64)
         threshold = float(self.scorer.threshold)
@@ -139,7 +142,7 @@ class BatchScorer:
         names = components.component_names()
         columns = {name: np.asarray(components.component(name), dtype=np.float64) for name in names}
         scored_ms = int(time.time() * 1000)
-        anomalous = np.flatnonzero(finite & (scores > threshold))
+        anomalous = np.flatnonzero(finite & self.scorer.decide(scores))
         for i in anomalous:
             record = records[i]
             message = self.alerts.alert(

@@ -15,7 +15,7 @@ quiet. ``_decide`` is the one place that turns a checkpoint result into what hap
 - commit failed (partitions moved): forget; the new owner re-reads.
 
 Revocation is handled in ``anomaly.stream.rebalance``, threshold hot reload in
-``anomaly.stream.threshold``.
+``anomaly.stream.threshold_reload``.
 """
 
 from __future__ import annotations
@@ -32,26 +32,13 @@ from kafka.errors import KafkaError
 
 from anomaly.stream.checkpoint import Checkpoint, DeliveryError, ExitCode, Outcome, Result
 from anomaly.stream.config import ServeConfig
-from anomaly.stream.logs import configure_logging
 from anomaly.stream.metrics import Metrics
 from anomaly.stream.output import Output, SendFailed
-
-# The process wiring lives in anomaly.stream.process; these names stay importable from here.
-from anomaly.stream.process import backend_info, install_signal_handlers, serve
 from anomaly.stream.rebalance import RebalanceListener
 from anomaly.stream.scoring import BatchScorer, ScoredBatch, Scorer
-from anomaly.stream.threshold import ThresholdWatcher
+from anomaly.stream.threshold_reload import ThresholdWatcher
 
-__all__ = [
-    "LoopState",
-    "StreamService",
-    "backend_info",
-    "configure_logging",
-    "install_signal_handlers",
-    "serve",
-]
-
-log = logging.getLogger("anomaly.stream.service")
+log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
 
@@ -260,8 +247,7 @@ class StreamService:
         if outcome in (Outcome.IDLE, Outcome.COMMITTED):
             if outcome is Outcome.COMMITTED:
                 self._failures = 0
-                self.metrics.commits.inc()
-                self.metrics.last_commit.set(time.time())
+                self.count_commit()
                 log.debug("committed", extra={"event": "commit", "records": result.records})
                 self._update_lag()
             if self.state is LoopState.BACKPRESSURED:
@@ -334,6 +320,16 @@ class StreamService:
         log.info("input resumed: " + why, extra={"event": "resumed"})
 
     # --- rebalance (called by RebalanceListener on kafka-python's IO thread, in poll/close) ----
+    def drop_pending(self) -> int:
+        """Forget the polled, unscored records (the next owner reads them); how many."""
+        dropped, self.pending = len(self.pending), []
+        return dropped
+
+    def count_commit(self) -> None:
+        """Count a commit (the loop's or the listener's) in the metrics."""
+        self.metrics.commits.inc()
+        self.metrics.last_commit.set(time.time())
+
     def on_revoked(self, revoked: list[TopicPartition]) -> None:
         """The partitions are gone: forget their positions and lag; not ready until assigned."""
         for tp in revoked:

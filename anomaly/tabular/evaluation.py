@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from anomaly.bundle.decision import exceeds
 from anomaly.errors import AnomalyError
 
 
@@ -17,7 +18,7 @@ def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
     scores = np.asarray(scores, dtype=np.float64)
     if labels.min() == labels.max():
         raise AnomalyError("evaluation needs both normal (0) and anomalous (1) labels")
-    flagged = scores > threshold
+    flagged = exceeds(scores, threshold)
     tp = int((flagged & (labels == 1)).sum())
     fp = int((flagged & (labels == 0)).sum())
     fn = int((~flagged & (labels == 1)).sum())

@@ -1,6 +1,6 @@
-"""Helpers for tests against the real broker: produce, read a whole topic (everything, or only
-committed transactions), committed offsets, scrape /metrics, and run ``anomaly serve`` as a
-real subprocess."""
+"""Helpers for tests against the real broker: produce (``anomaly.topics.produce``), read a
+whole topic (everything, or only committed transactions), committed offsets, scrape /metrics,
+and run ``anomaly serve`` as a real subprocess."""
 
 from __future__ import annotations
 
@@ -12,30 +12,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import Fetcher
 from kafka.record.memory_records import MemoryRecords
 from prometheus_client.parser import text_string_to_metric_families
 
 from anomaly.demo.broker import create_topic, free_port
-from anomaly.testing.data import unique_name
+from anomaly.topics import read_records
+from testsupport.data import unique_name
 
 FAST_GROUP = ["--session-timeout-ms", "4000", "--heartbeat-interval-ms", "500"]
-
-
-def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-    """Send (key, value) pairs and wait for every acknowledgement; returns how many."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
-    futures = [producer.send(topic, key=key, value=value) for key, value in items]
-    producer.flush()
-    for future in futures:
-        future.get(timeout=10)
-    producer.close()
-    return len(futures)
 
 
 def read_topic(
@@ -45,53 +35,24 @@ def read_topic(
     timeout: float = 30.0,
     idle: float = 1.5,
     committed_only: bool = False,
+    **kafka: Any,
 ) -> list[Any]:
-    """Every record of ``topic`` from the beginning (no group): until ``expect`` records have
-    arrived, or, without ``expect``, until nothing new came for ``idle`` seconds.
+    """Every record of ``topic`` from the beginning (``anomaly.topics.read_records``): until
+    ``expect`` records have arrived, or, without ``expect``, until the topic is read to its
+    end and stays quiet for ``idle`` seconds.
 
     ``committed_only``: the ``read_committed`` view, records of aborted or still open
     transactions left out (see ``transaction_markers``)."""
-    if committed_only:
-        with transaction_markers() as markers:
-            records = _read_topic(bootstrap, topic, expect, timeout, idle, True)
-        return markers.committed(records)
-    return _read_topic(bootstrap, topic, expect, timeout, idle, False)
-
-
-def _read_topic(
-    bootstrap: str, topic: str, expect: int | None, timeout: float, idle: float, isolation: bool
-) -> list[Any]:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed" if isolation else "read_uncommitted",
-    )
-    deadline = time.monotonic() + timeout
-    partitions = None
-    while not partitions and time.monotonic() < deadline:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            time.sleep(0.2)
-    if not partitions:
-        consumer.close()
-        return []
-    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-    consumer.seek_to_beginning()
-    records: list[Any] = []
-    last_new = time.monotonic()
-    while time.monotonic() < deadline:
-        batch = consumer.poll(timeout_ms=200)
-        for part in batch.values():
-            records.extend(part)
-        if batch:
-            last_new = time.monotonic()
-        if expect is not None and len(records) >= expect:
-            break
-        if expect is None and time.monotonic() - last_new > idle:
-            break
-    consumer.close()
-    return records
+    if not committed_only:
+        return read_records(
+            bootstrap, topic, expect=expect, timeout_s=timeout, idle_s=idle, **kafka
+        )
+    kafka["isolation_level"] = "read_committed"
+    with transaction_markers() as markers:
+        records = read_records(
+            bootstrap, topic, expect=expect, timeout_s=timeout, idle_s=idle, **kafka
+        )
+    return markers.committed(records)
 
 
 class TransactionMarkers:

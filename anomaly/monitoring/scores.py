@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from anomaly.errors import AnomalyError, InputError
+from anomaly.topics import read_records
 
 POSITIVE = {"1", "true", "fraud", "anomaly", "anomalous", "confirmed", "positive"}
 NEGATIVE = {"0", "false", "normal", "false_positive", "benign", "negative"}
@@ -98,7 +99,7 @@ class ScoreWindow:
         return int((self.labels >= 0).sum())
 
     def fingerprint(self) -> str:
-        from anomaly.model.bundle import fingerprint
+        from anomaly.bundle.bundle import fingerprint
 
         return fingerprint(np.c_[self.scores, self.labels])
 
@@ -168,70 +169,18 @@ def read_feedback_file(path: str | Path, feedback: Feedback | None = None) -> Fe
 
 
 def read_topic(
-    bootstrap_servers: str,
-    topic: str,
-    last: int | None = None,
-    idle_s: float = 1.5,
-    timeout_s: float = 120.0,
-    **kafka: Any,
+    bootstrap_servers: str, topic: str, last: int | None = None, **kafka: Any
 ) -> list[tuple[int, Any]]:
-    """Every JSON message of ``topic`` (or about the ``last`` per partition), no consumer group.
-
-    Reads until each partition's end offset is passed and the topic stays quiet ``idle_s``
-    (brokers may report an end offset short by a batch, so the end is found by reading).
-    Returns (Kafka timestamp ms, decoded value); undecodable values are skipped and counted.
-    """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            request_timeout_ms=30000,
-            **kafka,
-        )
-    except KafkaError as exc:
-        raise AnomalyError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from None
-    try:
-        partitions = None
-        deadline = time.monotonic() + 10
-        while not partitions and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                time.sleep(0.2)
-        if not partitions:
-            raise AnomalyError(f"topic {topic!r} not found on {bootstrap_servers}")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        begin = consumer.beginning_offsets(tps)
-        end = consumer.end_offsets(tps)
-        for tp in tps:
-            start = begin[tp] if last is None else max(begin[tp], end[tp] - last)
-            consumer.seek(tp, start)
-        out: list[tuple[int, Any]] = []
-        quiet_since = time.monotonic()
-        stop_at = time.monotonic() + timeout_s
-        while time.monotonic() < stop_at:
-            batch = consumer.poll(timeout_ms=300, max_records=5000)
-            if batch:
-                quiet_since = time.monotonic()
-                for records in batch.values():
-                    for record in records:
-                        try:
-                            out.append((record.timestamp, json.loads(record.value)))
-                        except (TypeError, ValueError):
-                            continue
-                continue
-            at_end = all(consumer.position(tp) >= end[tp] for tp in tps)
-            if at_end and time.monotonic() - quiet_since >= idle_s:
-                break
-        return out
-    except KafkaError as exc:
-        raise AnomalyError(f"reading {topic!r} from {bootstrap_servers} failed: {exc}") from None
-    finally:
-        consumer.close()
+    """Every JSON message of ``topic`` (or about the ``last`` per partition), no consumer group
+    (``anomaly.topics.read_records``): (Kafka timestamp ms, decoded value); undecodable values
+    are skipped."""
+    out: list[tuple[int, Any]] = []
+    for record in read_records(bootstrap_servers, topic, last=last, **kafka):
+        try:
+            out.append((record.timestamp, json.loads(record.value)))
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 def read_feedback_topic(bootstrap_servers: str, topic: str, **kafka: Any) -> Feedback:

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from anomaly.bundle.bundle import Bundle, fingerprint
+from anomaly.bundle.preprocessing import TabularPreprocessor
+from anomaly.bundle.profile import build_profile
+from anomaly.bundle.schema import Schema
+from anomaly.bundle.thresholds import fit_threshold
 from anomaly.errors import AnomalyError
-from anomaly.model.bundle import Bundle, fingerprint
-from anomaly.model.preprocessing import TabularPreprocessor
-from anomaly.model.profile import build_profile
-from anomaly.model.schema import Schema
-from anomaly.model.thresholds import fit_threshold
 
-log = logging.getLogger("anomaly.model.training")
+log = logging.getLogger(__name__)
 
 
 def split_normal(

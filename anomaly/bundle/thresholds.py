@@ -17,6 +17,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import precision_recall_curve
 
+from anomaly.bundle.decision import exceeds
 from anomaly.errors import AnomalyError
 
 METHODS = ("quantile", "pot", "f1", "precision")
@@ -43,12 +44,15 @@ class ThresholdFit:
 
 
 def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
-    """Smallest threshold with at most ``target_fpr`` of the normal scores above it."""
+    """Smallest threshold with at most ``target_fpr`` of the normal scores above it: the
+    detectors' own rule, so ``fit`` and a refit agree (imported here: detectors/ loads Keras,
+    which ``anomaly threshold --history`` does not need)."""
+    from detectors.base import quantile_threshold as fitted_quantile
+
     _check_fpr(target_fpr)
-    scores = np.sort(np.asarray(normal_scores, dtype=np.float64))
-    if scores.size == 0:
+    if np.size(normal_scores) == 0:
         raise AnomalyError("no normal scores to calibrate a threshold on")
-    return float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
+    return fitted_quantile(normal_scores, target_fpr)
 
 
 def pot_threshold(
@@ -112,7 +116,7 @@ def implied_rates(
 ) -> dict[str, Any]:
     """What a threshold means on the given data: FPR on normals, recall/precision if labelled."""
     scores = np.asarray(scores, dtype=np.float64)
-    flagged = scores > threshold
+    flagged = exceeds(scores, threshold)
     if labels is None:
         return {
             "alert_rate": float(flagged.mean()),
@@ -245,7 +249,7 @@ def propose_change(
     if population is not None:
         population = np.asarray(population, dtype=np.float64)
         for implied, value in ((before, current), (fit.implied, fit.value)):
-            implied["alert_rate"] = float((population > value).mean())
+            implied["alert_rate"] = float(exceeds(population, value).mean())
             implied["n"] = int(population.size)
     return ThresholdChange(current, current_version, fit, before)
 

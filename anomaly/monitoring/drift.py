@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from anomaly.bundle.profile import MAJOR_SHIFT, Profile
 from anomaly.errors import AnomalyError
-from anomaly.model.profile import MAJOR_SHIFT, Profile
-from anomaly.ops.scores import read_topic
+from anomaly.monitoring.scores import read_topic
 
 MODERATE_SHIFT = 0.1
 
@@ -61,7 +61,7 @@ def profile_of(bundle: Any) -> Profile:
 def drift_of_rows(bundle: Any, X: np.ndarray, source: str) -> DriftReport:
     """Score ``X`` (original units) with the bundle and compare features and score."""
     profile = profile_of(bundle)
-    scores = np.asarray(bundle.score(X).score, dtype=np.float64)
+    scores = np.asarray(bundle.score_components(X).score, dtype=np.float64)
     return DriftReport(profile.compare(X, scores), int(len(X)), source)
 
 

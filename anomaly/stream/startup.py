@@ -4,6 +4,9 @@
 SIGTERM/SIGINT are handled from the first line of ``serve``: during start-up the signal is
 logged and start-up stops at the next stage (exit 0, nothing was consumed); once the loop
 runs it drains (finish the batch, flush, commit) and exits with the loop's ``ExitCode``.
+
+``anomaly serve`` and ``anomaly demo`` both start here; the demo adds its own output through
+the ``on_start`` / ``on_stop`` hooks.
 """
 
 from __future__ import annotations
@@ -12,14 +15,20 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from anomaly.stream.checkpoint import ExitCode
 from anomaly.stream.config import ServeConfig
 from anomaly.stream.logs import configure_logging
 from anomaly.stream.metrics import Metrics, MetricsServer
 
-log = logging.getLogger("anomaly.stream.service")
+if TYPE_CHECKING:
+    from anomaly.stream.service import StreamService
+
+log = logging.getLogger(__name__)
+
+StartHook = Callable[["StreamService", MetricsServer], None]
+StopHook = Callable[["StreamService", MetricsServer, int], None]  # ... and the exit status
 
 
 class Stoppable(Protocol):
@@ -74,8 +83,15 @@ def _stopped_during_startup(stage: str) -> int:
     return int(ExitCode.OK)
 
 
-def serve(config: ServeConfig, *, on_ready: Callable[[MetricsServer], None] | None = None) -> int:
-    """Run ``anomaly serve``: metrics server, bundle, loop; returns the process exit status."""
+def serve(
+    config: ServeConfig, *, on_start: StartHook | None = None, on_stop: StopHook | None = None
+) -> int:
+    """Run ``anomaly serve``: metrics server, bundle, loop; returns the process exit status.
+
+    ``on_start`` runs once the service is built, before it consumes; ``on_stop`` after the
+    loop returned, while the metrics server still answers (neither runs when a signal stops
+    start-up).
+    """
     shutdown = Shutdown()
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(shutdown)
@@ -88,7 +104,7 @@ def serve(config: ServeConfig, *, on_ready: Callable[[MetricsServer], None] | No
     try:
         if shutdown.requested:
             return _stopped_during_startup("metrics")
-        from anomaly.model.bundle import Bundle
+        from anomaly.bundle.bundle import Bundle
         from anomaly.stream.drift import attach_drift
         from anomaly.stream.service import StreamService
 
@@ -103,8 +119,11 @@ def serve(config: ServeConfig, *, on_ready: Callable[[MetricsServer], None] | No
         metrics.set_model(str(bundle.model_name), str(bundle.model_version), backend, keras_version)
         service = StreamService(config, bundle, metrics, stop_event=shutdown.event)
         attach_drift(service, bundle, config.drift_window_records)
-        if on_ready is not None:
-            on_ready(server)
-        return service.run()
+        if on_start is not None:
+            on_start(service, server)
+        status = service.run()
+        if on_stop is not None:
+            on_stop(service, server, status)
+        return status
     finally:
         server.stop()

@@ -29,8 +29,8 @@ FEATURES = ["f0", "f1", "f2", "f3", "amount"]
 
 def train_tiny_bundle(path: Path) -> Path:
     """The suite's tiny tabular GANomaly (features f0..f3, amount), trained for 3 epochs."""
-    from anomaly.model.schema import Schema
-    from anomaly.model.training import train_bundle
+    from anomaly.bundle.schema import Schema
+    from anomaly.bundle.training import train_bundle
 
     normal, _ = make_tabular_data()
     normal[:, 4] = abs(normal[:, 4]) * 100

@@ -9,7 +9,7 @@ letter), duplicates (and per crash, where crashes are injected), max RSS of the 
 processes, and scenario-specific details. Accounting reads the output topics back from the
 broker; it never trusts the service's own counters alone.
 
-Run ``python -m anomaly.testing.reliability produce BOOTSTRAP TOPIC N SEED`` to produce ``N``
+Run ``python -m testsupport.reliability produce BOOTSTRAP TOPIC N SEED`` to produce ``N``
 records at full speed from a separate process (the soak's load generator).
 """
 
@@ -34,8 +34,8 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from anomaly.demo.broker import LocalBroker, create_topic, free_port
-from anomaly.testing.data import FEATURES
-from anomaly.testing.kafka import (
+from testsupport.data import FEATURES
+from testsupport.kafka import (
     committed,
     metric_sum,
     new_topics,
@@ -1150,7 +1150,7 @@ def soak(
             [
                 sys.executable,
                 "-m",
-                "anomaly.testing.reliability",
+                "testsupport.reliability",
                 "produce",
                 broker.bootstrap,
                 topics["input_topic"],

@@ -10,7 +10,7 @@ from anomaly.errors import AnomalyError
 from anomaly.stream.metrics import Metrics
 from anomaly.stream.scoring import Scorer
 
-log = logging.getLogger("anomaly.stream.service")
+log = logging.getLogger(__name__)
 
 
 class ThresholdWatcher:

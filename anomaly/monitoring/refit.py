@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from anomaly.bundle.thresholds import NEEDS_LABELS
 from anomaly.errors import AnomalyError
-from anomaly.model.thresholds import NEEDS_LABELS
-from anomaly.ops.scores import (
+from anomaly.monitoring.scores import (
     Feedback,
     ScoreWindow,
     build_window,
@@ -107,19 +107,19 @@ def from_window(window: ScoreWindow, method: str) -> RefitInputs:
 
 
 def _from_records(bundle: Any, data: Path, label_column: str) -> RefitInputs:
-    from anomaly.model.bundle import fingerprint
+    from anomaly.bundle.bundle import fingerprint
     from anomaly.tabular.readers import read_table
 
     if bundle.schema.kind == "image":
-        from anomaly.tabular.batch import image_scores
+        from anomaly.imaging.scoring import folder_scores
 
-        scores, data_fingerprint = image_scores(bundle, data)
+        scores, data_fingerprint = folder_scores(bundle, data)
         return RefitInputs(
             scores, None, None, f"{len(scores)} images scored", data_fingerprint, f"file {data}"
         )
     label = None if label_column.lower() == "none" else label_column
     table = read_table(data, bundle.schema.feature_names, None, label, "auto")
-    scores = bundle.score(table.X).score
+    scores = bundle.score_components(table.X).score
     return RefitInputs(
         scores,
         table.labels,

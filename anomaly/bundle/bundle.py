@@ -9,7 +9,7 @@ Layout::
       model/detector.json, model/latent.npz
 
 Loading verifies every file's sha256 and that the schema fits the network, and, when the
-bundle is signed (``anomaly.model.signing``), the signature over every file, the manifest
+bundle is signed (``anomaly.bundle.signing``), the signature over every file, the manifest
 included. A threshold change rewrites only the manifest, atomically (write a temporary file,
 then rename), and re-signs a signed bundle, so a running service can pick it up with
 ``refresh_threshold`` (which re-verifies a signed bundle before accepting it).
@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from anomaly.bundle.decision import exceeds
+from anomaly.bundle.preprocessing import TabularPreprocessor
+from anomaly.bundle.schema import Schema
+from anomaly.bundle.signing import SIGNATURE, check_signature, is_signed, sign_bundle
 from anomaly.errors import BundleError
-from anomaly.model.preprocessing import TabularPreprocessor
-from anomaly.model.schema import Schema
-from anomaly.model.signing import SIGNATURE, check_signature, is_signed, sign_bundle
 
-log = logging.getLogger("anomaly.model.bundle")
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MODEL_DIR = "model"
@@ -164,6 +165,10 @@ class Bundle:
         rate = entry.get("params", {}).get("target_fpr", entry.get("implied", {}).get("fpr"))
         return None if rate is None else float(rate)
 
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """Which scores are anomalies under the live threshold (the one rule, ``decision``)."""
+        return exceeds(scores, self.threshold)
+
     def _apply_threshold(self) -> None:
         if self.threshold_history:
             self.detector.threshold_ = self.threshold
@@ -292,7 +297,7 @@ class Bundle:
             return self.preprocessor.transform(X)
         return X.astype(np.float32, copy=False)
 
-    def score(self, X_raw: np.ndarray) -> Any:
+    def score_components(self, X_raw: np.ndarray) -> Any:
         """Score records in original units; returns ``detectors.ScoreComponents``."""
         return self.detector.score_components(self.transform(X_raw))
 
