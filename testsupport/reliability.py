@@ -16,6 +16,7 @@ records at full speed from a separate process (the soak's load generator).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -25,22 +26,23 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from anomaly.bundle.decision import exceeds
 from anomaly.demo.broker import LocalBroker, create_topic, free_port
+from anomaly.topics import produce
 from testsupport.data import FEATURES
 from testsupport.kafka import (
     committed,
     metric_sum,
     new_topics,
+    read_topic,
     scrape,
-    transaction_markers,
     wait_until,
 )
 
@@ -92,31 +94,23 @@ def produce_records(
     stop: threading.Event | None = None,
     burst: int = 1,
 ) -> int:
-    """Produce ``n`` records (at ``rate``/s on average when given, in bursts of ``burst``
-    records at full speed), wait for the acks; returns how many."""
+    """Produce ``n`` records of :func:`make_records` (at ``rate``/s on average when given, in
+    bursts of ``burst`` records at full speed), wait for the acks; returns how many."""
     # The harness' own producer is not idempotent: a memory-only broker that restarts forgets
-    # producer ids, and the load generator must keep going across that.
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
+    # producer ids, and the load generator must keep going across that (the accounting reads
+    # back what arrived).
+    return produce(
+        bootstrap,
+        topic,
+        make_records(n, seed, start),
+        rate=rate,
+        burst=burst,
+        stop=stop,
+        raise_on_error=False,
         linger_ms=10,
         batch_size=256 * 1024,
         enable_idempotence=False,
     )
-    began = time.perf_counter()
-    sent = 0
-    for i, (key, value) in enumerate(make_records(n, seed, start)):
-        if stop is not None and stop.is_set():
-            break
-        if rate:
-            delay = began + (i // burst) * burst / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        producer.send(topic, key=key, value=value)
-        sent += 1
-    producer.flush(timeout=120)
-    producer.close()
-    return sent
 
 
 class Feeder:
@@ -257,50 +251,9 @@ class Serve:
 
 
 # --- reading back and accounting ---------------------------------------------------------------
-def read_all(
-    bootstrap: str,
-    topic: str,
-    expect: int | None = None,
-    timeout: float = 120.0,
-    idle: float = 1.5,
-    committed_only: bool = False,
-) -> list[Any]:
-    """Every record of ``topic`` from the start, without a group: until ``expect`` arrived,
-    or until nothing new came for ``idle`` seconds. ``committed_only``: the read_committed
-    view (records of aborted or open transactions left out)."""
-    if committed_only:
-        with transaction_markers() as markers:
-            records = read_all(bootstrap, topic, expect, timeout, idle)
-        return markers.committed(records)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=5000,
-        isolation_level="read_committed",
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        partitions = wait_until(lambda: consumer.partitions_for_topic(topic), 10)
-        if not partitions:
-            return []
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-        consumer.seek_to_beginning()
-        records: list[Any] = []
-        last_new = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=200)
-            for part in batch.values():
-                records.extend(part)
-            if batch:
-                last_new = time.monotonic()
-            if expect is not None and len(records) >= expect:
-                break
-            if time.monotonic() - last_new > idle:
-                break
-        return records
-    finally:
-        consumer.close()
+# The accounting reads every output back in full, with the read_committed isolation (the
+# same view as a downstream consumer of an exactly-once service).
+read_all = functools.partial(read_topic, timeout=120.0, isolation_level="read_committed")
 
 
 def input_ends(bootstrap: str, topic: str, total: int) -> dict[int, int]:
@@ -363,7 +316,7 @@ def account(
         source = (int(body["source"]["partition"]), int(body["source"]["offset"]))
         scored.add(source)
         deliveries[source].append(message.timestamp)
-        if body["score"] > body["threshold"]:
+        if exceeds(body["score"], body["threshold"]):
             over.add(source)
     dead_sources = set()
     for message in dead:
@@ -436,9 +389,149 @@ def drained(bootstrap: str, topics: dict[str, str], ends: dict[int, int]) -> Cal
     return check
 
 
-def _crash_loop_free(members: Iterable[Serve]) -> bool:
-    """No member exited on its own (a crash that an orchestrator would restart)."""
-    return all(m.alive for m in members)
+# --- the scaffold every scenario runs on ------------------------------------------------------
+class Stage:
+    """One scenario's own broker (a second one for the outputs when ``outputs_apart``), its
+    topics, feeder, serve processes and helper processes. Leaving the ``with`` block stops the
+    feeder, every serve process and helper, and the brokers, whatever happened."""
+
+    def __init__(
+        self, bundle: Path, workdir: Path, name: str, partitions: int, outputs_apart: bool = False
+    ):
+        self.began = time.monotonic()
+        self.bundle = bundle
+        self.workdir = workdir
+        self.name = name
+        self.partitions = partitions
+        self.outputs_apart = outputs_apart
+        self.members: list[Serve] = []
+        self._feeders: list[Feeder] = []
+        self._helpers: list[subprocess.Popen] = []
+        self._brokers: list[LocalBroker] = []
+
+    def __enter__(self) -> Stage:
+        try:
+            self.broker = self._start_broker(f"tansu-{self.name}.log")
+            self.sink = self.broker
+            if self.outputs_apart:
+                self.sink = self._start_broker(f"tansu-{self.name}-out.log")
+            self.topics = new_topics(self.broker.bootstrap, self.partitions, self.name)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start_broker(self, log_name: str) -> LocalBroker:
+        broker = LocalBroker(log_path=self.workdir / log_name)
+        self._brokers.append(broker)
+        return broker.start()
+
+    def close(self) -> None:
+        """Stop everything the scenario started (idempotent)."""
+        for feeder in self._feeders:
+            feeder.stop(10)
+        for helper in self._helpers:
+            if helper.poll() is None:
+                helper.kill()
+                helper.wait()
+        for serve in self.members:
+            serve.stop()
+        for broker in self._brokers:
+            broker.stop()
+
+    # --- what a scenario starts -----------------------------------------------------------
+    def feed(self, rate: float, seed: int, burst: int = 1) -> Feeder:
+        """A background producer into the input topic."""
+        feeder = Feeder(self.broker.bootstrap, self.topics["input_topic"], rate, seed, burst)
+        self._feeders.append(feeder)
+        return feeder
+
+    def produce(self, records: int, seed: int, start: int = 0) -> int:
+        """``records`` into the input topic at full speed; returns how many."""
+        return produce_records(
+            self.broker.bootstrap, self.topics["input_topic"], records, seed=seed, start=start
+        )
+
+    def serve(self, log_name: str, *extra: str, **options: Any) -> Serve:
+        """A serve process on this stage's topics (outputs to the sink broker when apart)."""
+        if self.outputs_apart:
+            env = options.setdefault("env", {})
+            env.setdefault("ANOMALY_PRODUCER__BOOTSTRAP_SERVERS", self.sink.bootstrap)
+        serve = Serve(
+            self.broker.bootstrap,
+            self.bundle,
+            self.topics,
+            self.workdir / log_name,
+            *extra,
+            **options,
+        )
+        self.members.append(serve)
+        return serve
+
+    def spawn(self, command: list[str], **popen: Any) -> subprocess.Popen:
+        """A helper process (killed when the stage closes)."""
+        process = subprocess.Popen(command, **popen)
+        self._helpers.append(process)
+        return process
+
+    # --- what a scenario asks ---------------------------------------------------------------
+    @staticmethod
+    def wait_started(serve: Serve, consumed: float, every: float = 0.1) -> None:
+        """Wait (up to 120 s) until ``serve`` consumed ``consumed`` records, or fail."""
+        if not wait_until(lambda: serve.consumed() >= consumed, 120, every):
+            raise AssertionError("serve never got going:\n" + serve.log())
+
+    def committed(self) -> dict[int, int | None]:
+        """The group's committed offset per input partition."""
+        return committed(
+            self.broker.bootstrap, self.topics["group"], self.topics["input_topic"], self.partitions
+        )
+
+    def ends(self, total: int) -> dict[int, int]:
+        """Records per input partition once ``total`` were produced."""
+        return input_ends(self.broker.bootstrap, self.topics["input_topic"], total)
+
+    def wait_drained(self, ends: dict[int, int], timeout: float) -> bool:
+        """Wait until the group committed to ``ends``; whether it did in ``timeout`` s."""
+        return bool(wait_until(drained(self.broker.bootstrap, self.topics, ends), timeout, 0.5))
+
+    def account(self, ends: dict[int, int], committed_only: bool = False) -> Accounting:
+        """Reconcile the inputs below ``ends`` against the outputs on the sink broker."""
+        return account(self.sink.bootstrap, self.topics, ends, committed_only)
+
+    def outcome(
+        self,
+        scenario: str,
+        faults: str,
+        books: Accounting,
+        ok: bool,
+        details: dict[str, Any],
+        runs: int = 1,
+    ) -> Outcome:
+        """The scenario's row: the books, the members' peak RSS and the time since it began."""
+        return Outcome(
+            scenario=scenario,
+            runs=runs,
+            faults=faults,
+            records_in=books.records_in,
+            accounted=books.accounted,
+            duplicates=books.duplicates,
+            max_rss_mb=self.max_rss,
+            seconds=self.seconds,
+            ok=ok,
+            details={**details, "accounting": _books(books)},
+        )
+
+    @property
+    def max_rss(self) -> float:
+        return max((m.max_rss for m in self.members), default=0.0)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.began
 
 
 # --- scenarios --------------------------------------------------------------------------------
@@ -449,11 +542,8 @@ class Supervised:
     def __init__(self, make: Callable[[int], Serve]):
         self._make = make
         self.exits: list[dict[str, Any]] = []
-        self.members = [make(0)]
-
-    @property
-    def current(self) -> Serve:
-        return self.members[-1]
+        self.current = make(0)
+        self.started = 1
 
     def check(self) -> Serve:
         """Restart the service if it exited on its own; returns the live process."""
@@ -469,12 +559,9 @@ class Supervised:
                     "last_error": (errors[-1].get("message", "") if errors else "")[:300],
                 }
             )
-            self.members.append(self._make(len(self.members)))
+            self.current = self._make(self.started)
+            self.started += 1
         return self.current
-
-    def stop(self) -> None:
-        for serve in self.members:
-            serve.stop()
 
 
 def broker_restart(
@@ -496,30 +583,19 @@ def broker_restart(
     Records in/accounted are those of the broker's second life (the first life's data died
     with it).
     """
-    began = time.monotonic()
-    broker = LocalBroker(log_path=workdir / "tansu-restart.log").start()
     env = {} if idempotent else {"ANOMALY_PRODUCER__ENABLE_IDEMPOTENCE": "false"}
     label = "idempotent" if idempotent else "plain"
-    supervisor = None
-    feeder = None
-    try:
-        topics = new_topics(broker.bootstrap, 2, "restart")
-        feeder = Feeder(broker.bootstrap, topics["input_topic"], rate, seed=1)
+    with Stage(bundle, workdir, "restart", 2) as stage:
+        broker = stage.broker
+        feeder = stage.feed(rate, seed=1)
         supervisor = Supervised(
-            lambda n: Serve(
-                broker.bootstrap,
-                bundle,
-                topics,
-                workdir / f"serve-restart-{label}-{n}.log",
-                env=env,
-            )
+            lambda n: stage.serve(f"serve-restart-{label}-{n}.log", env=dict(env))
         )
         if not wait_until(lambda: supervisor.check().consumed() >= 2 * rate, 120, 0.1):
             raise AssertionError("serve never got going:\n" + supervisor.current.log())
         first = feeder.stop()
         uncommitted_at_stop = supervisor.current.consumed() - sum(
-            v or 0
-            for v in committed(broker.bootstrap, topics["group"], topics["input_topic"], 2).values()
+            v or 0 for v in stage.committed().values()
         )
         broker.stop()
         stopped_at = time.monotonic()
@@ -527,31 +603,24 @@ def broker_restart(
         alive_while_down = supervisor.current.alive
         broker.start()
         restarted_in = time.monotonic() - stopped_at
-        create_topic(broker.bootstrap, topics["input_topic"], partitions=2)
-        second = produce_records(
-            broker.bootstrap, topics["input_topic"], records, seed=2, start=records
-        )
-        ends = input_ends(broker.bootstrap, topics["input_topic"], second)
-        done = drained(broker.bootstrap, topics, ends)
+        create_topic(broker.bootstrap, stage.topics["input_topic"], partitions=2)
+        second = stage.produce(records, seed=2, start=records)
+        ends = stage.ends(second)
+        done = drained(broker.bootstrap, stage.topics, ends)
         caught_up = wait_until(lambda: supervisor.check() and done(), 180, 0.5)
         ready = wait_until(lambda: supervisor.check().metrics().get("anomaly_ready{}") == 1, 30)
         status = supervisor.current.terminate()
-        books = account(broker.bootstrap, topics, ends)
+        books = stage.account(ends)
         exits = supervisor.exits
         ok = bool(alive_while_down and caught_up and ready and status == 0 and books.complete)
         ok = ok and len(exits) <= 1
-        return Outcome(
-            scenario=f"broker restart ({label} producer)",
-            runs=1,
-            faults=f"broker stopped {downtime_s:.0f} s mid-stream (topics lost), restarted; "
+        return stage.outcome(
+            f"broker restart ({label} producer)",
+            f"broker stopped {downtime_s:.0f} s mid-stream (topics lost), restarted; "
             f"{len(exits)} service exit(s)",
-            records_in=books.records_in,
-            accounted=books.accounted,
-            duplicates=books.duplicates,
-            max_rss_mb=max(m.max_rss for m in supervisor.members),
-            seconds=time.monotonic() - began,
-            ok=ok,
-            details={
+            books,
+            ok,
+            {
                 "first_life_records": first,
                 "consumed_not_committed_at_stop": uncommitted_at_stop,
                 "alive_while_broker_down": alive_while_down,
@@ -560,15 +629,8 @@ def broker_restart(
                 "ready_again": bool(ready),
                 "service_exits": exits,
                 "exit_status": status,
-                "accounting": _books(books),
             },
         )
-    finally:
-        if feeder is not None:
-            feeder.stop(10)
-        if supervisor is not None:
-            supervisor.stop()
-        broker.stop()
 
 
 def broker_stall(
@@ -591,18 +653,10 @@ def broker_stall(
     1.5 s, delivery 2.5 s, flush 1 s), so the transactions open during the stall fail; the
     service rewinds with a fresh transactional producer, and the read_committed view of the
     outputs must hold every record exactly once."""
-    began = time.monotonic()
-    broker = LocalBroker(log_path=workdir / "tansu-stall.log").start()
-    serve = None
-    feeder = None
-    try:
-        topics = new_topics(broker.bootstrap, 2, "stall")
-        feeder = Feeder(broker.bootstrap, topics["input_topic"], rate, seed=3)
-        serve = Serve(
-            broker.bootstrap,
-            bundle,
-            topics,
-            workdir / "serve-stall.log",
+    with Stage(bundle, workdir, "stall", 2) as stage:
+        feeder = stage.feed(rate, seed=3)
+        serve = stage.serve(
+            "serve-stall.log",
             "--max-batch",
             "100",
             *(("--exactly-once", "--delivery-timeout-s", "1") if exactly_once else ()),
@@ -618,20 +672,19 @@ def broker_stall(
                 ),
             },
         )
-        if not wait_until(lambda: serve.consumed() >= 3 * rate, 120, 0.1):
-            raise AssertionError("serve never got going:\n" + serve.log())
-        before = committed(broker.bootstrap, topics["group"], topics["input_topic"], 2)
-        broker.pause()
+        stage.wait_started(serve, 3 * rate)
+        before = stage.committed()
+        stage.broker.pause()
         time.sleep(stall_s)
         alive_in_stall = serve.alive
-        broker.resume()
+        stage.broker.resume()
         time.sleep(after_s)
         total = feeder.stop()
-        ends = input_ends(broker.bootstrap, topics["input_topic"], total)
-        caught_up = wait_until(drained(broker.bootstrap, topics, ends), 180, 0.5)
-        after = committed(broker.bootstrap, topics["group"], topics["input_topic"], 2)
+        ends = stage.ends(total)
+        caught_up = stage.wait_drained(ends, 180)
+        after = stage.committed()
         status = serve.terminate()
-        books = account(broker.bootstrap, topics, ends, committed_only=exactly_once)
+        books = stage.account(ends, committed_only=exactly_once)
         kept = all((after.get(p) or 0) >= (before.get(p) or 0) for p in ends)
         committed_delivered = all(
             (p, o) in books.deliveries for p, end in before.items() for o in range(end or 0)
@@ -645,20 +698,14 @@ def broker_stall(
         ok = ok and kept and committed_delivered
         if exactly_once:
             ok = ok and books.duplicates == 0 and books.alert_duplicates == 0
-        return Outcome(
-            scenario="network stall (broker SIGSTOP)"
-            + (" (--exactly-once)" if exactly_once else ""),
-            runs=1,
-            faults=f"broker SIGSTOP {stall_s:.0f} s (> 4 s session, "
+        return stage.outcome(
+            "network stall (broker SIGSTOP)" + (" (--exactly-once)" if exactly_once else ""),
+            f"broker SIGSTOP {stall_s:.0f} s (> 4 s session, "
             f"{request_timeout_ms / 1000:.0f} s request timeouts) under {rate:.0f} records/s, "
             "then SIGCONT",
-            records_in=books.records_in,
-            accounted=books.accounted,
-            duplicates=books.duplicates,
-            max_rss_mb=serve.max_rss,
-            seconds=time.monotonic() - began,
-            ok=ok,
-            details={
+            books,
+            ok,
+            {
                 "committed_before_stall": before,
                 "committed_after": after,
                 "committed_kept": kept,
@@ -669,15 +716,8 @@ def broker_stall(
                 "request_timeouts_logged": timeouts,
                 "alive_during_stall": alive_in_stall,
                 "exit_status": status,
-                "accounting": _books(books),
             },
         )
-    finally:
-        if feeder is not None:
-            feeder.stop(10)
-        if serve is not None:
-            serve.stop()
-        broker.stop()
 
 
 def crash_runs(
@@ -709,24 +749,17 @@ def crash_runs(
     aborts the transaction its predecessor left open; kills during a rebalance (two live
     members, hence two ids) are left out.
     """
-    began = time.monotonic()
     rng = random.Random(seed)
-    broker = LocalBroker(log_path=workdir / "tansu-crash.log").start()
-    members: list[Serve] = []
-    feeder = None
-    try:
-        topics = new_topics(broker.bootstrap, 3, "crash")
+    with Stage(bundle, workdir, "crash", 3) as stage:
         # Bursts: the member alternates between busy (outputs waiting for their commit) and
         # idle (everything committed), so random kills land in both.
-        feeder = Feeder(broker.bootstrap, topics["input_topic"], rate, seed=5, burst=int(rate * 2))
+        feeder = stage.feed(rate, seed=5, burst=int(rate * 2))
         extra = ("--max-batch", str(max_batch), "--max-in-flight", str(max_in_flight))
         if exactly_once:
             extra += ("--exactly-once",)
 
         def member(name: str) -> Serve:
-            serve = Serve(broker.bootstrap, bundle, topics, workdir / f"crash-{name}.log", *extra)
-            members.append(serve)
-            return serve
+            return stage.serve(f"crash-{name}.log", *extra)
 
         def holds_partitions(serve: Serve) -> bool:
             return serve.metrics().get("anomaly_assigned_partitions{}", 0) > 0
@@ -735,10 +768,10 @@ def crash_runs(
         kills: list[float] = []
         kinds: list[str] = []
         for i in range(crashes):
+            if not wait_until(lambda s=current: holds_partitions(s), 120, 0.2):
+                raise AssertionError("member never got partitions:\n" + current.log())
             if i % 3 == 2 and not exactly_once:
                 # Crash during a rebalance: a new member joins, the current one starts revoking.
-                if not wait_until(lambda s=current: holds_partitions(s), 120, 0.2):
-                    raise AssertionError("member never got partitions:\n" + current.log())
                 already = sum(1 for e in current.events() if e.get("event") == "revoked")
                 joiner = member(f"{i + 1}")
                 revoking = wait_until(
@@ -752,8 +785,6 @@ def crash_runs(
                 kinds.append("rebalance" if revoking else "no_rebalance_seen")
                 current = joiner
             else:
-                if not wait_until(lambda s=current: holds_partitions(s), 120, 0.2):
-                    raise AssertionError("member never got partitions:\n" + current.log())
                 if i % 3 == 1:
                     # Aim into a burst: once consumption is seen moving, kill within 0.3 s.
                     wait_until(lambda s=current: _consuming(s), 10, 0.0)
@@ -761,29 +792,24 @@ def crash_runs(
                 else:
                     time.sleep(rng.uniform(0.0, 4.0))
                 kills.append(current.kill())
-                kinds.append(_classify_kill(broker.bootstrap, topics, kills[-1]))
+                kinds.append(_classify_kill(stage.broker.bootstrap, stage.topics, kills[-1]))
                 current = member(f"{i + 1}")
         total = feeder.stop()
-        ends = input_ends(broker.bootstrap, topics["input_topic"], total)
-        caught_up = wait_until(drained(broker.bootstrap, topics, ends), 240, 0.5)
+        ends = stage.ends(total)
+        caught_up = stage.wait_drained(ends, 240)
         status = current.terminate()
-        books = account(broker.bootstrap, topics, ends, committed_only=exactly_once)
+        books = stage.account(ends, committed_only=exactly_once)
         per_crash = duplicates_per_crash(books.deliveries, kills)
         bound = 0 if exactly_once else max_in_flight + max_batch
         ok = bool(caught_up and status == 0 and books.complete)
         ok = ok and max(per_crash[:-1], default=0) <= bound and per_crash[-1] == 0
         ok = ok and (not exactly_once or books.alert_duplicates == 0)
-        return Outcome(
-            scenario="SIGKILL crash runs" + (" (--exactly-once)" if exactly_once else ""),
-            runs=crashes,
-            faults=f"{crashes} SIGKILLs ({_tally(kinds)})",
-            records_in=books.records_in,
-            accounted=books.accounted,
-            duplicates=books.duplicates,
-            max_rss_mb=max(m.max_rss for m in members),
-            seconds=time.monotonic() - began,
-            ok=ok,
-            details={
+        return stage.outcome(
+            "SIGKILL crash runs" + (" (--exactly-once)" if exactly_once else ""),
+            f"{crashes} SIGKILLs ({_tally(kinds)})",
+            books,
+            ok,
+            {
                 "kill_kinds": kinds,
                 "duplicates_per_crash": per_crash[:-1],
                 "max_duplicates_per_crash": max(per_crash[:-1], default=0),
@@ -792,15 +818,9 @@ def crash_runs(
                 "offered_rate": rate,
                 "exactly_once": exactly_once,
                 "final_exit_status": status,
-                "accounting": _books(books),
             },
+            runs=crashes,
         )
-    finally:
-        if feeder is not None:
-            feeder.stop(10)
-        for serve in members:
-            serve.stop()
-        broker.stop()
 
 
 def rebalance_under_load(
@@ -809,23 +829,16 @@ def rebalance_under_load(
     """A second member joins while the first is busy (records handled, not yet committed):
     both must survive the rebalance (no exit, no listener error), split the partitions and,
     between them, account for every record."""
-    began = time.monotonic()
-    broker = LocalBroker(log_path=workdir / "tansu-rebalance.log").start()
-    members: list[Serve] = []
-    feeder = None
-    try:
-        topics = new_topics(broker.bootstrap, 4, "rebalance")
-        feeder = Feeder(broker.bootstrap, topics["input_topic"], rate, seed=8)
+    with Stage(bundle, workdir, "rebalance", 4) as stage:
+        feeder = stage.feed(rate, seed=8)
         # A checkpoint interval longer than the join takes: the first member's revocation
         # then always finds handled, uncommitted records (with 3 s, a periodic commit could
         # land just before the revocation and leave nothing for it to commit).
         extra = ("--max-batch", "100", "--commit-interval-ms", "30000")
-        first = Serve(broker.bootstrap, bundle, topics, workdir / "rebalance-a.log", *extra)
-        members.append(first)
-        if not wait_until(lambda: first.consumed() >= 2 * rate, 120, 0.1):
-            raise AssertionError("serve never got going:\n" + first.log())
-        second = Serve(broker.bootstrap, bundle, topics, workdir / "rebalance-b.log", *extra)
-        members.append(second)
+        first = stage.serve("rebalance-a.log", *extra)
+        stage.wait_started(first, 2 * rate)
+        stage.serve("rebalance-b.log", *extra)
+        members = stage.members
 
         def split() -> bool:
             held = [m.metrics().get("anomaly_assigned_partitions{}", 0) for m in members]
@@ -835,10 +848,10 @@ def rebalance_under_load(
         time.sleep(after_s)
         alive = [m.alive for m in members]
         total = feeder.stop()
-        ends = input_ends(broker.bootstrap, topics["input_topic"], total)
-        caught_up = wait_until(drained(broker.bootstrap, topics, ends), 120, 0.5)
+        ends = stage.ends(total)
+        caught_up = stage.wait_drained(ends, 120)
         statuses = [m.terminate() if m.alive else m.wait() for m in members]
-        books = account(broker.bootstrap, topics, ends)
+        books = stage.account(ends)
         listener_errors = sum(
             1
             for m in members
@@ -864,17 +877,12 @@ def rebalance_under_load(
         )
         ok = bool(was_split and all(alive) and caught_up and books.complete)
         ok = ok and statuses == [0, 0] and listener_errors == 0
-        return Outcome(
-            scenario="rebalance under load",
-            runs=1,
-            faults=f"a second member joins while the first is busy ({rate:.0f} records/s)",
-            records_in=books.records_in,
-            accounted=books.accounted,
-            duplicates=books.duplicates,
-            max_rss_mb=max(m.max_rss for m in members),
-            seconds=time.monotonic() - began,
-            ok=ok,
-            details={
+        return stage.outcome(
+            "rebalance under load",
+            f"a second member joins while the first is busy ({rate:.0f} records/s)",
+            books,
+            ok,
+            {
                 "split": bool(was_split),
                 "alive_after_rebalance": alive,
                 "exit_statuses": statuses,
@@ -883,15 +891,8 @@ def rebalance_under_load(
                 "revoke_abandons": revoke_abandons,
                 "uncommitted_at_revoke": uncommitted_at_revoke,
                 "heartbeat_lapses": heartbeat_lapses,
-                "accounting": _books(books),
             },
         )
-    finally:
-        if feeder is not None:
-            feeder.stop(10)
-        for serve in members:
-            serve.stop()
-        broker.stop()
 
 
 def _consuming(serve: Serve) -> bool:
@@ -931,19 +932,11 @@ def back_pressure(
     committed stays bounded, RSS flat) while it keeps polling: the member keeps its
     partitions (no revocation, no poll-timeout warning from kafka-python, /healthz 200),
     then resumes and accounts for every record when B comes back."""
-    began = time.monotonic()
-    source = LocalBroker(log_path=workdir / "tansu-bp-in.log").start()
-    sink = LocalBroker(log_path=workdir / "tansu-bp-out.log").start()
-    serve = None
-    try:
-        topics = new_topics(source.bootstrap, 2, "bp")
-        total = produce_records(source.bootstrap, topics["input_topic"], records, seed=4)
-        ends = input_ends(source.bootstrap, topics["input_topic"], total)
-        serve = Serve(
-            source.bootstrap,
-            bundle,
-            topics,
-            workdir / "serve-bp.log",
+    with Stage(bundle, workdir, "bp", 2, outputs_apart=True) as stage:
+        total = stage.produce(records, seed=4)
+        ends = stage.ends(total)
+        serve = stage.serve(
+            "serve-bp.log",
             "--max-batch",
             str(max_batch),
             "--max-in-flight",
@@ -952,12 +945,10 @@ def back_pressure(
             "2",
             "--max-poll-interval-ms",
             str(max_poll_interval_ms),
-            env={"ANOMALY_PRODUCER__BOOTSTRAP_SERVERS": sink.bootstrap},
             rss_every=0.5,
         )
-        if not wait_until(lambda: serve.consumed() >= total // 10, 120, 0.05):
-            raise AssertionError("serve never got going:\n" + serve.log())
-        sink.pause()
+        stage.wait_started(serve, total // 10, every=0.05)
+        stage.sink.pause()
         paused_at = time.time()
         samples = []
         held = []  # partitions held, sampled over /metrics through the pause
@@ -970,7 +961,7 @@ def back_pressure(
             held.append(metrics.get("anomaly_assigned_partitions{}"))
             healthy.append(_healthy(serve))
             time.sleep(0.5)
-        at_resume = committed(source.bootstrap, topics["group"], topics["input_topic"], 2)
+        at_resume = stage.committed()
         consumed_in_pause = samples[-1][1]
         uncommitted = consumed_in_pause - sum(v or 0 for v in at_resume.values())
         # Flat: over the second half of the pause, consumption did not move.
@@ -978,10 +969,10 @@ def back_pressure(
         stalled = bool(half) and max(half) == min(half)
         alive = serve.alive and _healthy(serve)
         rss_in_pause = [v for t, v in serve.rss if t >= paused_at - serve.started]
-        sink.resume()
-        caught_up = wait_until(drained(source.bootstrap, topics, ends), 180, 0.5)
+        stage.sink.resume()
+        caught_up = stage.wait_drained(ends, 180)
         status = serve.terminate()
-        books = account(sink.bootstrap, topics, ends)
+        books = stage.account(ends)
         warned = serve.has_event("backpressure")
         resumed = serve.has_event("resumed")
         events = serve.events()
@@ -992,18 +983,13 @@ def back_pressure(
         ok = bool(stalled and alive and caught_up and status == 0 and books.complete)
         ok = ok and 0 <= uncommitted <= bound and warned and consumed_in_pause < total
         ok = ok and kept and all(healthy) and revocations == 0 and poll_timeouts == 0
-        return Outcome(
-            scenario="slow downstream (output broker SIGSTOP)",
-            runs=1,
-            faults=f"alert/DLQ/scores broker SIGSTOP {pause_s:.0f} s "
+        return stage.outcome(
+            "slow downstream (output broker SIGSTOP)",
+            f"alert/DLQ/scores broker SIGSTOP {pause_s:.0f} s "
             f"(max_poll_interval {max_poll_interval_ms / 1000:g} s)",
-            records_in=books.records_in,
-            accounted=books.accounted,
-            duplicates=books.duplicates,
-            max_rss_mb=serve.max_rss,
-            seconds=time.monotonic() - began,
-            ok=ok,
-            details={
+            books,
+            ok,
+            {
                 "consumed_while_paused": [c for _, c in samples],
                 "uncommitted_at_resume": uncommitted,
                 "in_flight_bound": bound,
@@ -1017,14 +1003,8 @@ def back_pressure(
                 "max_poll_interval_ms": max_poll_interval_ms,
                 "rss_while_paused_mb": [round(v, 1) for v in rss_in_pause],
                 "exit_status": status,
-                "accounting": _books(books),
             },
         )
-    finally:
-        if serve is not None:
-            serve.stop()
-        sink.stop()
-        source.stop()
 
 
 def output_failures(
@@ -1041,16 +1021,10 @@ def output_failures(
     ``--max-delivery-failures``; within the budget the service stays up (no exit, no lost
     partition) and drains once B is back; past it, it exits 3 and a restarted member
     re-reads what was not committed. Either way every record is accounted for."""
-    began = time.monotonic()
-    source = LocalBroker(log_path=workdir / "tansu-of-in.log").start()
-    sink = LocalBroker(log_path=workdir / "tansu-of-out.log").start()
-    members: list[Serve] = []
-    try:
-        topics = new_topics(source.bootstrap, 2, "of")
-        total = produce_records(source.bootstrap, topics["input_topic"], records, seed=9)
-        ends = input_ends(source.bootstrap, topics["input_topic"], total)
+    with Stage(bundle, workdir, "of", 2, outputs_apart=True) as stage:
+        total = stage.produce(records, seed=9)
+        ends = stage.ends(total)
         env = {
-            "ANOMALY_PRODUCER__BOOTSTRAP_SERVERS": sink.bootstrap,
             "ANOMALY_PRODUCER__REQUEST_TIMEOUT_MS": "1500",
             "ANOMALY_PRODUCER__DELIVERY_TIMEOUT_MS": "2500",
         }
@@ -1066,48 +1040,34 @@ def output_failures(
             "--max-poll-interval-ms",
             str(max_poll_interval_ms),
         )
-
-        def member(name: str) -> Serve:
-            serve = Serve(
-                source.bootstrap, bundle, topics, workdir / f"of-{name}.log", *extra, env=env
-            )
-            members.append(serve)
-            return serve
-
-        first = member("0")
-        if not wait_until(lambda: first.consumed() >= total // 10, 120, 0.05):
-            raise AssertionError("serve never got going:\n" + first.log())
-        sink.pause()
+        first = stage.serve("of-0.log", *extra, env=dict(env))
+        stage.wait_started(first, total // 10, every=0.05)
+        stage.sink.pause()
         paused_at = time.monotonic()
         exited = wait_until(lambda: not first.alive, pause_s, 0.2)
         alive_through = first.alive
-        sink.resume()
+        stage.sink.resume()
         outage_s = time.monotonic() - paused_at
         failures = sum(1 for e in first.events() if e.get("event") == "delivery_failed")
         if first.alive:
-            caught_up = wait_until(drained(source.bootstrap, topics, ends), 180, 0.5)
+            caught_up = stage.wait_drained(ends, 180)
             statuses = [first.terminate()]
         else:
             statuses = [first.wait()]
-            second = member("1")
-            caught_up = wait_until(drained(source.bootstrap, topics, ends), 180, 0.5)
+            second = stage.serve("of-1.log", *extra, env=dict(env))
+            caught_up = stage.wait_drained(ends, 180)
             statuses.append(second.terminate())
-        books = account(sink.bootstrap, topics, ends)
+        books = stage.account(ends)
         revocations = _revocations(first.events())
         gave_up = first.has_event("gave_up")
         ok = bool(caught_up and books.complete and statuses[-1] == 0)
-        return Outcome(
-            scenario="output failures (retry budget)",
-            runs=1,
-            faults=f"output broker SIGSTOP {outage_s:.0f} s, failing sends; "
+        return stage.outcome(
+            "output failures (retry budget)",
+            f"output broker SIGSTOP {outage_s:.0f} s, failing sends; "
             f"budget {max_delivery_failures}",
-            records_in=books.records_in,
-            accounted=books.accounted,
-            duplicates=books.duplicates,
-            max_rss_mb=max(m.max_rss for m in members),
-            seconds=time.monotonic() - began,
-            ok=ok,
-            details={
+            books,
+            ok,
+            {
                 "delivery_failures_logged": failures,
                 "alive_through_outage": alive_through,
                 "exited_during_outage": bool(exited),
@@ -1115,14 +1075,8 @@ def output_failures(
                 "revocations": revocations,
                 "exit_statuses": statuses,
                 "caught_up": bool(caught_up),
-                "accounting": _books(books),
             },
         )
-    finally:
-        for serve in members:
-            serve.stop()
-        sink.stop()
-        source.stop()
 
 
 def soak(
@@ -1139,20 +1093,16 @@ def soak(
     by more than ``growth_bound_mb``. Accounting uses the committed offsets and the service's
     counters plus the alert and dead-letter topics (no scores topic: it would double the
     broker's memory for a million records)."""
-    began = time.monotonic()
-    broker = LocalBroker(log_path=workdir / "tansu-soak.log").start()
-    serve = None
-    producer = None
-    try:
-        topics = new_topics(broker.bootstrap, 3, "soak")
+    with Stage(bundle, workdir, "soak", 3) as stage:
+        topics = stage.topics
         topics.pop("scores_topic")
-        producer = subprocess.Popen(
+        producer = stage.spawn(
             [
                 sys.executable,
                 "-m",
                 "testsupport.reliability",
                 "produce",
-                broker.bootstrap,
+                stage.broker.bootstrap,
                 topics["input_topic"],
                 str(records),
                 "6",
@@ -1161,34 +1111,27 @@ def soak(
             stdout=subprocess.PIPE,
             text=True,
         )
-        serve = Serve(
-            broker.bootstrap,
-            bundle,
-            topics,
-            workdir / "serve-soak.log",
-            rss_every=rss_every,
-            log_level="INFO",
-        )
+        serve = stage.serve("serve-soak.log", rss_every=rss_every, log_level="INFO")
         progress: list[tuple[float, float]] = []
         warm: list[tuple[float, float]] = []  # (seconds since serve start, MiB) at warm-up end
 
         def finished() -> bool:
             consumed = serve.consumed()
-            progress.append((time.monotonic() - began, consumed))
+            progress.append((stage.seconds, consumed))
             if not warm and consumed >= records * warmup_fraction and serve.rss:
                 warm.append(serve.rss[-1])
             return consumed >= records
 
         done = wait_until(finished, 3600, rss_every)
         sent = int(producer.communicate(timeout=600)[0].strip() or 0)
-        ends = input_ends(broker.bootstrap, topics["input_topic"], sent)
-        caught_up = wait_until(drained(broker.bootstrap, topics, ends), 120, 0.5)
+        ends = stage.ends(sent)
+        caught_up = stage.wait_drained(ends, 120)
         samples = serve.metrics()
         status = serve.terminate()
         consumed = metric_sum(samples, "anomaly_records_consumed_total")
         scored = samples.get("anomaly_records_scored_total{}", 0)
         dead = metric_sum(samples, "anomaly_records_dead_lettered_total")
-        dlq = read_all(broker.bootstrap, topics["dlq_topic"])
+        dlq = read_all(stage.broker.bootstrap, topics["dlq_topic"])
         dead_sources = {_dead_source(m) for m in dlq}
         warm_rss = warm[0][1] if warm else None
         after_warm = [v for t, v in serve.rss if warm and t >= warm[0][0]]
@@ -1208,11 +1151,11 @@ def soak(
             accounted=accounted,
             duplicates=int(consumed - sent),
             max_rss_mb=serve.max_rss,
-            seconds=time.monotonic() - began,
+            seconds=stage.seconds,
             ok=ok,
             details={
                 "records_per_s": round(sent / elapsed, 1) if elapsed else None,
-                "rss_after_warmup_mb": round(warm_rss, 1) if warm_rss else None,
+                "rss_after_warmup_mb": round(warm_rss, 1) if warm_rss is not None else None,
                 "rss_growth_after_warmup_mb": round(growth, 1),
                 "growth_bound_mb": growth_bound_mb,
                 "rss_samples_mb": [round(v, 1) for _, v in serve.rss],
@@ -1222,13 +1165,6 @@ def soak(
                 "exit_status": status,
             },
         )
-    finally:
-        if producer is not None and producer.poll() is None:
-            producer.kill()
-            producer.wait()
-        if serve is not None:
-            serve.stop()
-        broker.stop()
 
 
 def _revocations(events: list[dict[str, Any]]) -> int:
