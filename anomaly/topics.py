@@ -23,6 +23,7 @@ def read_records(
     last: int | None = None,
     idle_s: float = 1.5,
     timeout_s: float = 120.0,
+    missing_ok: bool = False,
     **kafka: Any,
 ) -> list[Any]:
     """Every record of ``topic`` (or about the ``last`` per partition), as kafka-python
@@ -34,8 +35,9 @@ def read_records(
     found by reading; under ``read_committed`` an open transaction holds the readable end
     below the end offset, so there the quiet period alone ends the read); at ``timeout_s`` in
     any case. ``kafka``: further consumer settings
-    (``isolation_level``, security). A broker that cannot be reached or a missing topic is an
-    ``AnomalyError``.
+    (``isolation_level``, security). A broker that cannot be reached is an ``AnomalyError``,
+    and so is a topic that does not exist unless ``missing_ok`` (an output topic that nothing
+    was written to yet, which the broker creates on the first write, then reads as empty).
     """
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
@@ -52,12 +54,15 @@ def read_records(
         raise AnomalyError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from None
     try:
         partitions = None
-        deadline = time.monotonic() + 10
+        # expected records may still be on their way, and their topic with them
+        deadline = time.monotonic() + (10.0 if expect is None else timeout_s)
         while not partitions and time.monotonic() < deadline:
             partitions = consumer.partitions_for_topic(topic)
             if not partitions:
                 time.sleep(0.2)
         if not partitions:
+            if missing_ok:
+                return []
             raise AnomalyError(f"topic {topic!r} not found on {bootstrap_servers}")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)

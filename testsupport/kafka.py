@@ -39,19 +39,17 @@ def read_topic(
 ) -> list[Any]:
     """Every record of ``topic`` from the beginning (``anomaly.topics.read_records``): until
     ``expect`` records have arrived, or, without ``expect``, until the topic is read to its
-    end and stays quiet for ``idle`` seconds.
+    end and stays quiet for ``idle`` seconds. A topic not created yet (the service creates
+    its outputs on the first write) reads as empty.
 
     ``committed_only``: the ``read_committed`` view, records of aborted or still open
     transactions left out (see ``transaction_markers``)."""
+    options = {"expect": expect, "timeout_s": timeout, "idle_s": idle, "missing_ok": True}
     if not committed_only:
-        return read_records(
-            bootstrap, topic, expect=expect, timeout_s=timeout, idle_s=idle, **kafka
-        )
+        return read_records(bootstrap, topic, **options, **kafka)
     kafka["isolation_level"] = "read_committed"
     with transaction_markers() as markers:
-        records = read_records(
-            bootstrap, topic, expect=expect, timeout_s=timeout, idle_s=idle, **kafka
-        )
+        records = read_records(bootstrap, topic, **options, **kafka)
     return markers.committed(records)
 
 
