@@ -32,9 +32,9 @@ def read_records(
     Stops once ``expect`` records arrived (records still being produced are waited for); without
     ``expect``, once each partition's end offset (read at the start) is passed and the topic
     stayed quiet ``idle_s`` (brokers may report an end offset short by a batch, so the end is
-    found by reading; under ``read_committed`` an open transaction holds the readable end
-    below the end offset, so there the quiet period alone ends the read); at ``timeout_s`` in
-    any case. ``kafka``: further consumer settings
+    found by reading; under ``read_committed`` an open transaction can hold the readable end
+    below the end offset, so there a quiet spell of ten times ``idle_s``, at least 10 s, also
+    ends the read); at ``timeout_s`` in any case. ``kafka``: further consumer settings
     (``isolation_level``, security). A broker that cannot be reached is an ``AnomalyError``,
     and so is a topic that does not exist unless ``missing_ok`` (an output topic that nothing
     was written to yet, which the broker creates on the first write, then reads as empty).
@@ -70,7 +70,13 @@ def read_records(
         end = consumer.end_offsets(tps)
         for tp in tps:
             consumer.seek(tp, begin[tp] if last is None else max(begin[tp], end[tp] - last))
-        until_end = settings.get("isolation_level") != "read_committed"
+        # read_committed: an open transaction may hold the readable end below the end offset
+        # for as long as it stays open, so there a longer quiet spell also ends the read
+        settle_s = (
+            max(10 * idle_s, 10.0)
+            if settings.get("isolation_level") == "read_committed"
+            else float("inf")
+        )
         records: list[Any] = []
         quiet_since = time.monotonic()
         stop_at = time.monotonic() + timeout_s
@@ -85,8 +91,10 @@ def read_records(
             if batch:
                 quiet_since = time.monotonic()
                 continue
-            at_end = not until_end or all(consumer.position(tp) >= end[tp] for tp in tps)
-            if at_end and time.monotonic() - quiet_since >= idle_s:
+            quiet = time.monotonic() - quiet_since
+            if quiet >= settle_s or (
+                quiet >= idle_s and all(consumer.position(tp) >= end[tp] for tp in tps)
+            ):
                 break
         return records
     except KafkaError as exc:
