@@ -280,14 +280,21 @@ def _task_means(rows: list[dict], domain: str, col: str) -> dict[str, float]:
 
 
 def _table(rows: list[dict], domain: str, names: tuple[str, ...], metric: str) -> list[str]:
-    cols = [f"{metric}_{n}" for n in names if any(f"{metric}_{n}" in r for r in rows)]
-    per = {c: _task_means(rows, domain, c) for c in cols}
-    order = list(dict.fromkeys(r["task"] for r in rows if r["domain"] == domain))
+    """Tasks x columns of ``domain``; a column a task did not run shows "-", and the mean and
+    worst rows are over the tasks that ran it."""
+    sub = [r for r in rows if r["domain"] == domain]
+    cols = [f"{metric}_{n}" for n in names if any(f"{metric}_{n}" in r for r in sub)]
+    per = {c: _task_means(sub, domain, c) for c in cols}
+    order = list(dict.fromkeys(r["task"] for r in sub))
     heads = [c.split("_", 1)[1] for c in cols]
     lines = ["| task | seeds | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(cols)]
+
+    def cell(c: str, t: str) -> str:
+        return f"{per[c][t]:.3f}" if t in per[c] else "-"
+
     for t in order:
-        seeds = ",".join(str(r["seed"]) for r in rows if r["domain"] == domain and r["task"] == t)
-        lines.append(f"| {t} | {seeds} | " + " | ".join(f"{per[c][t]:.3f}" for c in cols) + " |")
+        seeds = ",".join(str(r["seed"]) for r in sub if r["task"] == t)
+        lines.append(f"| {t} | {seeds} | " + " | ".join(cell(c, t) for c in cols) + " |")
     if len(order) > 1:
         mean = {c: np.mean(list(per[c].values())) for c in cols}
         worst = {c: np.min(list(per[c].values())) for c in cols}

@@ -212,7 +212,8 @@ def test_images_score_like_score_images_and_unreadable_files_go_to_errors(
     scored["local"] = [p.removeprefix("file:") for p in scored["path"]]
     assert sorted(scored["local"]) == sorted(reference)
     ours = scored.set_index("local").loc[list(reference), "score"].to_numpy()
-    assert np.abs(ours - np.array(list(reference.values()))).max() <= 1e-5
+    # float32 scores from other batch sizes: equal to float32 precision, relative to the score
+    np.testing.assert_allclose(ours, np.array(list(reference.values())), rtol=1e-5, atol=1e-5)
     columns = ["path", "frame", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
     assert list(scored.columns[:6]) == columns + ["score"]
     assert "is_anomaly" in scored.columns and "encoder_knn" in scored.columns
