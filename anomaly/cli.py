@@ -18,6 +18,10 @@ import click
 from anomaly.errors import AnomalyError
 
 IMAGE_SUFFIXES = (".idx", ".ubyte", ".gz")
+# Keras backends and the package each needs (torch is not a dependency of this project)
+BACKENDS = {"tensorflow": "tensorflow", "jax": "jax"}
+# below this many calibration rows expected above the threshold, its alert rate is a guess
+MIN_CALIBRATION_EXCEEDANCES = 5
 
 
 class _Group(click.Group):
@@ -66,19 +70,38 @@ def _weights(value: str | None) -> dict[str, float] | None:
     return weights
 
 
+def _check_backend(backend: str) -> None:
+    """A Keras backend whose package is missing fails here in one line, not in a traceback
+    from the first command that loads Keras."""
+    import importlib.util
+
+    if backend not in BACKENDS:
+        raise AnomalyError(
+            f"Keras backend {backend!r} (--backend / KERAS_BACKEND) is not supported; "
+            f"choose {' or '.join(BACKENDS)}"
+        )
+    if importlib.util.find_spec(BACKENDS[backend]) is None:
+        raise AnomalyError(
+            f"Keras backend {backend!r} needs the {BACKENDS[backend]} package, which is not "
+            f"installed (pip install {BACKENDS[backend]}), or choose another --backend"
+        )
+
+
 @click.group(cls=_Group)
 @click.option(
     "--backend",
-    type=click.Choice(["tensorflow", "jax", "torch"]),
+    type=click.Choice(list(BACKENDS)),
     default=None,
     help="Keras backend (default: KERAS_BACKEND or tensorflow).",
 )
-@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+@click.option("--log-level", default="WARNING", show_default=True, help="Python logging level.")
 @click.version_option(package_name="anomaly-gan")
 def main(backend: str | None, log_level: str) -> None:
     """GAN anomaly detection: train, score, evaluate, re-threshold, serve."""
     if backend:
         os.environ["KERAS_BACKEND"] = backend
+    if os.environ.get("KERAS_BACKEND"):
+        _check_backend(os.environ["KERAS_BACKEND"])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     logging.basicConfig(
@@ -155,9 +178,23 @@ def _is_image_source(path: Path) -> bool:
 )
 @click.option(
     "--backend",
-    type=click.Choice(["tensorflow", "jax", "torch"]),
+    type=click.Choice(list(BACKENDS)),
     default=None,
     help="Keras backend for this training run (same as `anomaly --backend`).",
+)
+@click.option(
+    "--holdout",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a seeded share of DATA's rows (every class) to this file and train on the "
+    "rest: score, evaluate, threshold and check drift on it (records only).",
+)
+@click.option(
+    "--holdout-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.3,
+    show_default=True,
+    help="Share of DATA's rows that --holdout keeps out of training.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
@@ -165,9 +202,12 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
     if backend:
         if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != backend:
             raise AnomalyError("--backend must be chosen before Keras is loaded")
+        _check_backend(backend)
         os.environ["KERAS_BACKEND"] = backend
+    from anomaly.bundle.bundle import require_new_bundle_dir
     from anomaly.bundle.schema import Schema
-    from anomaly.bundle.training import train_bundle
+
+    require_new_bundle_dir(out)  # before minutes of training, not after
 
     params: dict[str, Any] = {
         "batch_size": opts["batch_size"],
@@ -175,7 +215,8 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         "hidden": tuple(int(h) for h in _csv_list(opts["hidden"])),
         "filters": opts["filters"],
         "mixed_precision": opts["mixed_precision"],
-        "verbose": 0 if opts["quiet"] else 1,
+        # Keras' live bar (ANSI codes) only on a terminal; one line per epoch elsewhere
+        "verbose": 0 if opts["quiet"] else (1 if sys.stdout.isatty() else 2),
     }
     if opts["epochs"] is not None:
         params["epochs"] = opts["epochs"]
@@ -187,7 +228,10 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
             params["score_weights"] = _weights(opts["score_weights"])
     labels = None
     extra: dict[str, Any] = {}
-    if opts["images"] or _is_image_source(data):
+    images = opts["images"] or _is_image_source(data)
+    if images and opts["holdout"]:
+        raise AnomalyError("--holdout splits record files; for images, keep a folder aside")
+    if images:
         from anomaly.imaging.readers import load_training_images
 
         channels = int(opts["channels"]) if opts["channels"] else None
@@ -197,15 +241,25 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         schema = Schema.image(*X.shape[1:])
         extra["image_preprocessing"] = image_options
     else:
-        from anomaly.tabular.readers import read_table
+        from anomaly.tabular.readers import hold_out, read_table
 
         label = None if opts["label_column"].lower() == "none" else opts["label_column"]
         table = read_table(
             data, _csv_list(opts["features"]), _csv_list(opts["exclude"]), label, opts["id_column"]
         )
         X, labels = table.X, table.labels
+        _check_record_options(data, table.feature_names, opts)
+        if opts["holdout"]:
+            keep = hold_out(data, opts["holdout_fraction"], opts["seed"], opts["holdout"])
+            X, labels = X[keep], None if labels is None else labels[keep]
+            click.echo(
+                f"held out {int((~keep).sum())} of {len(keep)} rows to {opts['holdout']} "
+                "(score, evaluate, threshold and check drift on it); training on the rest"
+            )
         schema = Schema.tabular(table.feature_names)
         extra.update(log1p_columns=_csv_list(opts["log1p"]), scaler=opts["scaler"])
+    from anomaly.bundle.training import train_bundle
+
     bundle = train_bundle(
         X,
         out,
@@ -224,6 +278,41 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         f"wrote bundle {bundle.path} ({bundle.detector_name}, version {bundle.model_version}); "
         f"threshold {bundle.threshold:.6g} at target FPR {opts['target_fpr']}"
     )
+    n_calibration = int(bundle.manifest["training"]["n_calibration"])
+    expected_above = n_calibration * opts["target_fpr"]
+    if expected_above < MIN_CALIBRATION_EXCEEDANCES:
+        _warn(
+            f"the threshold rests on {expected_above:.2g} of {n_calibration} calibration "
+            f"rows above it (target FPR {opts['target_fpr']:g}): expect a different alert "
+            "rate on new normal data; train on more normal data, raise --target-fpr, or refit "
+            "it with `anomaly threshold` on more normal data"
+        )
+
+
+def _warn(message: str) -> None:
+    """A result weaker than it looks, and what to do about it: one line on stderr."""
+    click.echo(f"warning: {message}", err=True)
+
+
+def _check_record_options(data: Path, features: list[str], opts: dict[str, Any]) -> None:
+    """Options that name columns must name features, before any training starts."""
+    from anomaly.errors import InputError
+    from anomaly.tabular.readers import LABEL_CANDIDATES
+
+    missing = [c for c in _csv_list(opts["log1p"]) if c not in features]
+    if missing:
+        raise InputError(
+            str(data),
+            f"--log1p column(s) {', '.join(missing)} not among the features "
+            f"({', '.join(features[:40])})",
+        )
+    if opts["label_column"].lower() == "none":
+        used = [c for c in features if c in LABEL_CANDIDATES]
+        if used and not opts["features"]:
+            _warn(
+                f"--label-column none: {', '.join(used)} is trained on as a feature and every "
+                f"scored record must carry it; add --exclude {','.join(used)} if it is a label"
+            )
 
 
 def _quiet_kafka() -> None:
@@ -231,10 +320,24 @@ def _quiet_kafka() -> None:
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _load_bundle(path: Path) -> Any:
+def _load_bundle(path: Path, model: bool = True) -> Any:
+    """A verified bundle; ``model=False`` skips the networks (and the seconds Keras takes)."""
     from anomaly.bundle.bundle import Bundle
 
-    return Bundle.load(path)
+    return Bundle.load(path, model=model)
+
+
+def _warn_if_training_data(bundle: Any, data: Path) -> None:
+    """Rows the model trained on score lower than new ones (the memory banks hold them)."""
+    from anomaly.bundle.bundle import sha256_file
+
+    trained_on = bundle.manifest.get("training", {}).get("source_sha256")
+    if trained_on and data.is_file() and sha256_file(data) == trained_on:
+        _warn(
+            f"{data} is the file this bundle was trained on: its normal rows are in the "
+            "memory banks, so alert rates, metrics and drift look better than on new data; "
+            "train with --holdout FILE and use that file"
+        )
 
 
 def _read_for_bundle(bundle: Any, data: Path, label_column: str | None, id_column: str) -> Any:
@@ -279,6 +382,7 @@ def evaluate(
     from anomaly.tabular.evaluation import evaluate_scores, write_plots
 
     bundle = _load_bundle(bundle_dir)
+    _warn_if_training_data(bundle, data)
     table = _read_for_bundle(bundle, data, label_column, "auto")
     if table.labels is None:
         raise AnomalyError(f"{data}: no label column found; pass --label-column")
@@ -359,7 +463,7 @@ def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
     """
     from anomaly.bundle.thresholds import history_table
 
-    bundle = _load_bundle(bundle_dir)
+    bundle = _load_bundle(bundle_dir, model=False)
     if opts["history"]:
         click.echo(history_table(bundle.threshold_history))
         return
@@ -380,6 +484,9 @@ def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
     sources = [s for s in (data, opts["scores_file"], opts["from_topic"]) if s]
     if len(sources) != 1:
         raise AnomalyError("give exactly one of DATA, --scores FILE or --from-topic TOPIC")
+    if data is not None:
+        _warn_if_training_data(bundle, data)
+        bundle = _load_bundle(bundle_dir)  # DATA is scored: the networks are needed
     _quiet_kafka()
     inputs = refit_inputs(bundle, data, opts)
     change = propose_change(
@@ -395,14 +502,16 @@ def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
     )
     click.echo(f"scores: {inputs.description}")
     click.echo(change.table())
+    refusal = change.refusal(opts["max_change"], opts["min_alert_rate"])
+    if refusal and not opts["force"]:
+        # a dry run answers what the real run would do, refusal and exit code included
+        dry = "dry run: the guard would refuse this change: " if opts["dry_run"] else ""
+        raise AnomalyError(f"{dry or 'threshold unchanged: '}{refusal}")
+    if refusal:
+        click.echo(f"forced: {refusal}")
     if opts["dry_run"]:
         click.echo("dry run: bundle unchanged")
         return
-    refusal = change.refusal(opts["max_change"], opts["min_alert_rate"])
-    if refusal and not opts["force"]:
-        raise AnomalyError(f"threshold unchanged: {refusal}")
-    if refusal:
-        click.echo(f"forced: {refusal}")
     entry = bundle.append_threshold(
         {**change.fit.to_entry(inputs.fingerprint), "source": inputs.source}, opts["sign_key"]
     )
@@ -414,18 +523,13 @@ def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
 def info(bundle_dir: Path, as_json: bool) -> None:
     """Print a bundle's manifest in human form."""
-    from anomaly.bundle.bundle import MANIFEST
     from anomaly.bundle.describe import describe_manifest
 
-    path = Path(bundle_dir) / MANIFEST
-    if not path.is_file():
-        raise AnomalyError(f"{bundle_dir}: not a model bundle (no {MANIFEST})")
-    manifest = json.loads(path.read_text())
+    bundle = _load_bundle(bundle_dir, model=False)  # a tampered bundle is refused here too
+    manifest = bundle.manifest
     click.echo(json.dumps(manifest, indent=2) if as_json else describe_manifest(manifest))
     if not as_json:
-        from anomaly.bundle.signing import is_signed
-
-        signed = "signed (check: anomaly verify)" if is_signed(bundle_dir) else "not signed"
+        signed = f"signed by key {bundle.signer}, verified" if bundle.signer else "not signed"
         click.echo(f"signature    {signed}")
 
 
@@ -445,7 +549,7 @@ def sign(bundle_dir: Path, key: Path) -> None:
     """
     from anomaly.bundle.signing import sign_bundle
 
-    _load_bundle(bundle_dir)  # never sign a bundle that does not load
+    _load_bundle(bundle_dir, model=False)  # never sign a bundle whose files do not check
     click.echo(f"signed {bundle_dir} with key {sign_bundle(bundle_dir, key)}")
 
 
@@ -461,7 +565,7 @@ def verify(bundle_dir: Path, public_key: Path | None) -> None:
     """Check a bundle's signature over every file; exit 2 with the reason when it fails."""
     from anomaly.bundle.bundle import Bundle
 
-    bundle = Bundle.load(bundle_dir, public_key=public_key, require_signature=True)
+    bundle = Bundle.load(bundle_dir, public_key=public_key, require_signature=True, model=False)
     trust = f"the pinned key {public_key}" if public_key else "the key shipped in the bundle"
     click.echo(
         f"verified: {len(bundle.manifest['files']) + 1} files signed by key {bundle.signer} "
@@ -505,6 +609,7 @@ def drift(
         _quiet_kafka()
         report = drift_of_topic(bundle, bootstrap_servers, from_topic, last)
     else:
+        _warn_if_training_data(bundle, data)
         report = drift_of_file(bundle, data)
     click.echo(report.table())
     if fail_above is not None and report.worst > fail_above:
@@ -539,8 +644,12 @@ def score_images(
     """
     from anomaly.imaging.readers import discover_files
     from anomaly.imaging.report import report_folder
+    from anomaly.imaging.scoring import stability_notice
 
     bundle = _load_bundle(bundle_dir)
+    notice = stability_notice(bundle)
+    if notice:
+        _warn(notice)
     paths = discover_files(source)
     if not paths:
         raise AnomalyError(f"{source}: no PNG/JPEG/TIFF/DICOM/IDX/NPZ files found")

@@ -32,7 +32,13 @@ import numpy as np
 from anomaly.bundle.decision import exceeds
 from anomaly.bundle.preprocessing import TabularPreprocessor
 from anomaly.bundle.schema import Schema
-from anomaly.bundle.signing import SIGNATURE, check_signature, is_signed, sign_bundle
+from anomaly.bundle.signing import (
+    SIGNATURE,
+    check_signature,
+    is_signed,
+    private_key_id,
+    sign_bundle,
+)
 from anomaly.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -95,6 +101,13 @@ def _safe_member(root: Path, relative: str) -> Path:
     if not resolved.is_relative_to(root.resolve()):
         raise BundleError(f"manifest file entry {relative!r} points outside the bundle")
     return resolved
+
+
+def require_new_bundle_dir(path: str | Path) -> None:
+    """Refuse an existing non-empty directory: a bundle is never written over another."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise BundleError(f"{path}: exists and is not an empty directory; choose a new --out")
 
 
 class Bundle:
@@ -170,7 +183,7 @@ class Bundle:
         return exceeds(scores, self.threshold)
 
     def _apply_threshold(self) -> None:
-        if self.threshold_history:
+        if self.threshold_history and self.detector is not None:
             self.detector.threshold_ = self.threshold
 
     def append_threshold(
@@ -188,7 +201,15 @@ class Bundle:
                     f"{self.path}: bundle is signed: pass --sign-key to re-sign the new "
                     "threshold (without it the bundle would stop verifying)"
                 )
-            check_signature(self.path, self.public_key)
+            signer = check_signature(self.path, self.public_key)
+            new_signer = private_key_id(sign_key, password)
+            if new_signer != signer:
+                raise BundleError(
+                    f"{self.path}: --sign-key {sign_key} (key {new_signer}) is not the key that "
+                    f"signed this bundle (key {signer}): a serve pinned to that key would refuse "
+                    "the change; use the original key, or re-sign the whole bundle on purpose "
+                    "with `anomaly sign`"
+                )
         current = json.loads(self.manifest_path.read_text())
         history = current.setdefault("thresholds", [])
         if history[: len(self.threshold_history)] != self.threshold_history:
@@ -323,8 +344,7 @@ class Bundle:
     ) -> Bundle:
         """Write a new bundle directory (refuses to overwrite a non-empty one)."""
         path = Path(path)
-        if path.exists() and any(path.iterdir()):
-            raise BundleError(f"{path}: directory exists and is not empty; choose a new --out")
+        require_new_bundle_dir(path)
         model_dir = path / MODEL_DIR
         # the manifest's threshold history is the one source of truth: the detector file
         # keeps no copy of fit()'s validation threshold that could disagree with it
@@ -372,14 +392,15 @@ class Bundle:
         *,
         public_key: str | Path | None = None,
         require_signature: bool = False,
+        model: bool = True,
     ) -> Bundle:
         """Open a bundle, verifying checksums and schema; refuses anything that does not fit.
 
         A signed bundle's signature is checked (with ``public_key`` when pinned, else the
-        key it ships); ``require_signature`` refuses an unsigned one.
+        key it ships); ``require_signature`` refuses an unsigned one. ``model=False`` checks
+        the same but leaves the networks unloaded (``detector`` None): no Keras import, for
+        commands that only read or append to the manifest.
         """
-        from detectors import DETECTORS
-
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
@@ -409,7 +430,31 @@ class Bundle:
                     "replaced after the bundle was written; refusing to load it"
                 )
         schema = Schema.from_dict(manifest.get("schema", {}))
-        model_dir = path / MODEL_DIR
+        detector = cls._load_detector(path, manifest, schema) if model else None
+        preprocessor = None
+        prep = manifest.get("preprocessing", {})
+        if schema.kind == "tabular":
+            try:
+                preprocessor = TabularPreprocessor.from_dict(prep, schema.feature_names)
+            except (KeyError, ValueError) as exc:
+                raise BundleError(f"{manifest_path}: bad preprocessing: {exc}") from exc
+        return cls(
+            path,
+            manifest,
+            detector,
+            schema,
+            preprocessor,
+            signer=signer,
+            public_key=None if public_key is None else Path(public_key),
+        )
+
+    @staticmethod
+    def _load_detector(path: Path, manifest: dict[str, Any], schema: Schema) -> Any:
+        """The networks, in Keras safe mode, after checking they fit the manifest."""
+        from detectors import DETECTORS
+
+        files = manifest["files"]
+        manifest_path = path / MANIFEST
         state_file = f"{MODEL_DIR}/detector.json"
         if state_file not in files:
             raise BundleError(f"{manifest_path}: manifest does not list {state_file}")
@@ -427,22 +472,6 @@ class Bundle:
         if missing:
             raise BundleError(f"{manifest_path}: manifest does not list {', '.join(missing)}")
         try:
-            detector = detector_cls.load(model_dir, state)
+            return detector_cls.load(path / MODEL_DIR, state)
         except Exception as exc:
             raise BundleError(f"{path}: cannot load the model safely: {exc}") from exc
-        preprocessor = None
-        prep = manifest.get("preprocessing", {})
-        if schema.kind == "tabular":
-            try:
-                preprocessor = TabularPreprocessor.from_dict(prep, schema.feature_names)
-            except (KeyError, ValueError) as exc:
-                raise BundleError(f"{manifest_path}: bad preprocessing: {exc}") from exc
-        return cls(
-            path,
-            manifest,
-            detector,
-            schema,
-            preprocessor,
-            signer=signer,
-            public_key=None if public_key is None else Path(public_key),
-        )

@@ -68,6 +68,11 @@ def key_id(public_pem: bytes) -> str:
     return hashlib.sha256(public_pem).hexdigest()[:16]
 
 
+def private_key_id(private_key: str | Path, password: str | None = None) -> str:
+    """The key id ``sign_bundle`` would sign with: to compare with the current signer's."""
+    return key_id(_public_pem(Path(private_key), password))
+
+
 def sign_bundle(path: str | Path, private_key: str | Path, password: str | None = None) -> str:
     """Sign every file of the bundle with an EC private key (PEM); returns the key id."""
     from model_signing import signing

@@ -197,19 +197,22 @@ class ThresholdChange:
             raise AnomalyError(f"--max-change must be above 1, got {max_change}")
         before, after = self.before["alert_rate"], self.after["alert_rate"]
         factor = self.rate_factor
+        limits = []
         if factor > max_change or factor < 1.0 / max_change:
-            way = f"rise {factor:.3g}x" if factor > 1 else f"fall {1 / factor:.3g}x"
-            return (
-                f"the alert rate on this data would {way} ({before:.4%} -> {after:.4%}), "
-                f"more than --max-change {max_change:g}x; check the method and the data "
-                "(labels switched off on data with anomalies?), or pass --force"
-            )
+            limits.append(f"more than --max-change {max_change:g}x")
         if after < min_alert_rate:
-            return (
-                f"the alert rate on this data would be {after:.4%}, below --min-alert-rate "
-                f"{min_alert_rate:g} (alerting all but off); pass --force if that is intended"
-            )
-        return None
+            limits.append(f"below --min-alert-rate {min_alert_rate:g} (alerting all but off)")
+        if not limits:
+            return None
+        if after == 0.0:  # the smoothed factor of a fall to nothing would understate it
+            way = "fall to 0 (no score above the new threshold)"
+        else:
+            way = f"rise {factor:.3g}x" if factor > 1 else f"fall {1 / factor:.3g}x"
+        return (
+            f"the alert rate on this data would {way} ({before:.4%} -> {after:.4%}), "
+            f"{' and '.join(limits)}; check the method and the data (labels switched off on "
+            "data with anomalies?), or pass --force"
+        )
 
     def table(self) -> str:
         """Before -> after, one row per measure, on the data the fit used."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from anomaly.bundle.bundle import Bundle, fingerprint
+from anomaly.bundle.bundle import Bundle, fingerprint, sha256_file
 from anomaly.bundle.preprocessing import TabularPreprocessor
 from anomaly.bundle.profile import build_profile
 from anomaly.bundle.schema import Schema
@@ -112,6 +112,8 @@ def train_bundle(
 
     training = {
         "source": source,
+        # lets evaluate / threshold / drift warn when handed the very file trained on
+        "source_sha256": sha256_file(Path(source)) if source and Path(source).is_file() else None,
         "seed": seed,
         "devices": n_devices,
         "n_train": int(len(train_idx)),

@@ -51,6 +51,7 @@ FIT_MODES = ("center_crop", "resize")
 # - "stretch": each image's 1st..99th percentile mapped to [0, 1] (exposure and contrast);
 # - "zscore": each image standardised, then mapped to [0, 1] as 0.5 + z / 6 (clipped).
 INTENSITY_MODES = ("none", "stretch", "zscore")
+MAX_ERRORS_SHOWN = 10  # unreadable training files named in the one-line error
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # IDX type codes -> numpy big-endian dtypes (http://yann.lecun.com/exdb/mnist/).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -639,15 +640,28 @@ def load_training_images(
 
     Training needs the whole set in memory (the model fits on arrays); scoring streams.
     Unreadable files raise: a training set should be clean, and silently dropping normals
-    would hide a broken export.
+    would hide a broken export. Every unreadable file is named at once, so one run finds
+    them all.
     """
     paths = discover_files(path)
     if not paths:
         raise ImageReadError(path, "unreadable", "no PNG/JPEG/TIFF/DICOM/IDX/NPZ files found")
     options = infer_options(paths, size, channels, fit, dicom_window, intensity)
     parts: list[np.ndarray] = []
+    errors: list[ImageReadError] = []
     for batch in iter_batches(paths, options, batch_size=1024):
-        if batch.errors:
-            raise batch.errors[0]
+        errors.extend(batch.errors)
         parts.append(batch.images)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        shown = "; ".join(str(e) for e in errors[:MAX_ERRORS_SHOWN])
+        more = (
+            f"; and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        )
+        raise ImageReadError(
+            path,
+            "unreadable",
+            f"{len(errors)} files cannot be trained on (fix or remove them): {shown}{more}",
+        )
     return np.concatenate(parts, axis=0), options.to_dict()

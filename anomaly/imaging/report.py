@@ -28,7 +28,7 @@ from PIL import Image
 
 from anomaly.bundle.decision import exceeds
 from anomaly.imaging.readers import ImageMeta, ImageReadError, discover_files
-from anomaly.imaging.scoring import score_folder
+from anomaly.imaging.scoring import score_folder, stability_notice
 
 UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 ERROR_COLUMNS = ("path", "frame", "reason", "message")
@@ -108,6 +108,7 @@ class ReportWriter:
         max_table_rows: int = 2000,
         title: str = "Imaging anomaly report",
         model: str = "",
+        notice: str = "",
     ):
         self.out_dir = Path(out_dir)
         self.thumb_dir = self.out_dir / "thumbs"
@@ -120,6 +121,7 @@ class ReportWriter:
         self.max_table_rows = max_table_rows
         self.title = title
         self.model = model
+        self.notice = notice  # what the reader must know before trusting the page
         self._rows = 0
         self._flagged: list[_Flagged] = []
         self._top: list[tuple[float, int, str, str, bool]] = []
@@ -238,6 +240,8 @@ class ReportWriter:
             f'<p class="legend">{esc(self.heatmap_label)}: '
             f'<span class="bar"></span> 0 … {self.heatmap_vmax:g} (fixed scale, model space)</p>',
         ]
+        if self.notice:
+            parts.append(f'<p class="notice"><b>Note:</b> {esc(self.notice)}</p>')
         if self._errors:
             parts.append(f'<h2 id="errors">Unreadable files ({len(self._errors)})</h2>')
             parts.append(
@@ -318,6 +322,7 @@ _CSS = (
     "table{border-collapse:collapse;font-size:12px;background:#fff}"
     "td,th{border:1px solid #ddd;padding:3px 6px;text-align:left}"
     "tr.flag td{background:#fdecea}tr.err td{background:#fff4e5}"
+    ".notice{background:#fff4e5;border:1px solid #e0a040;padding:8px;font-size:14px}"
 )
 
 
@@ -363,7 +368,13 @@ def report_folder(
     title = f"Imaging anomaly report: {source}"
     heatmap = _heatmap_scale(bundle)
     with ReportWriter(
-        out_dir, bundle.threshold, names, title=title, model=model, **heatmap
+        out_dir,
+        bundle.threshold,
+        names,
+        title=title,
+        model=model,
+        notice=stability_notice(bundle),
+        **heatmap,
     ) as writer:
         for scored in score_folder(bundle, files, batch_size, dicom_window, on_file_done):
             comps = scored.components

@@ -59,6 +59,23 @@ def bundle_image_options(
     return options
 
 
+def stability_notice(bundle: Any) -> str:
+    """Why the reconstructions shown may mean nothing: the generator collapsed in training.
+
+    ``anomaly score-images`` says it as a warning and the report page as a note.
+    """
+    from anomaly.bundle.describe import stability_events
+
+    log = bundle.manifest.get("training", {}).get("log", [])
+    if "generator_mode_collapse" not in stability_events(log):
+        return ""
+    return (
+        "the generator collapsed during training (anomaly info, stability line): its "
+        "reconstructions look alike for every image, so the reconstruction thumbnails say "
+        "nothing; retrain (another --seed, more data) for usable ones"
+    )
+
+
 def score_batches(bundle: Any, batches: Iterable[Batch]) -> Iterator[ScoredImages]:
     """Score each batch of preprocessed images and decide with the bundle's live threshold."""
     for batch in batches:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from anomaly.stream.checkpoint import ExitCode
-from anomaly.stream.config import ServeConfig
+from anomaly.stream.config import ConfigError, ServeConfig
 from anomaly.stream.logs import configure_logging
 from anomaly.stream.metrics import Metrics, MetricsServer
 
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 StartHook = Callable[["StreamService", MetricsServer], None]
 StopHook = Callable[["StreamService", MetricsServer, int], None]  # ... and the exit status
+
+BROKER_PROBE_MS = 10_000  # how long start-up waits for a first broker to answer
 
 
 class Stoppable(Protocol):
@@ -75,6 +77,37 @@ def backend_info() -> tuple[str, str]:
     return keras.config.backend(), keras.__version__
 
 
+def check_broker(config: ServeConfig) -> None:
+    """Fail in one line (exit 2) when no broker answers at ``bootstrap_servers``.
+
+    Without this an unreachable broker shows as half a minute of kafka-python ERROR lines
+    and a timeout traceback from the first send; the probe is one producer bootstrap, with
+    kafka-python's own logging held back while it tries.
+    """
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    settings = config.producer_settings()
+    settings.pop("transactional_id", None)  # a probe, not a transactional member
+    settings.pop("enable_idempotence", None)
+    timeout_ms = min(settings["bootstrap_timeout_ms"], BROKER_PROBE_MS)
+    settings.update(bootstrap_timeout_ms=timeout_ms, max_block_ms=timeout_ms)
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        KafkaProducer(**settings).close(timeout=1)
+    except KafkaError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"no Kafka broker answered at {config.bootstrap_servers} within "
+            f"{timeout_ms / 1000:g} s ({detail}); check --bootstrap-servers and the security "
+            "settings, and that the broker is up"
+        ) from None
+    finally:
+        kafka_log.setLevel(level)
+
+
 def _stopped_during_startup(stage: str) -> int:
     log.info(
         "stopped during start-up",
@@ -104,6 +137,9 @@ def serve(
     try:
         if shutdown.requested:
             return _stopped_during_startup("metrics")
+        check_broker(config)
+        if shutdown.requested:
+            return _stopped_during_startup("broker")
         from anomaly.bundle.bundle import Bundle
         from anomaly.stream.drift import attach_drift
         from anomaly.stream.service import StreamService

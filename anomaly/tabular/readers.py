@@ -72,6 +72,42 @@ def read_table(
     return Table(path, names, X, ids, labels)
 
 
+def hold_out(path: str | Path, fraction: float, seed: int | None, out: str | Path) -> np.ndarray:
+    """Write a seeded ``fraction`` of the file's rows (every class) to ``out``, unchanged.
+
+    Returns the mask of the rows left for training, in ``read_table``'s row order: scoring,
+    evaluating and thresholding on rows the model never saw is what makes them honest.
+    """
+    path, out = Path(path), Path(out)
+    suffix = path.suffix.lower()
+    if out.suffix.lower() != suffix or suffix not in (".csv", ".txt", ".jsonl", ".ndjson"):
+        raise InputError(
+            str(out), f"--holdout must be a file of the data's own type ({suffix}; CSV or JSONL)"
+        )
+    if out.resolve() == path.resolve():
+        raise InputError(str(out), "--holdout would overwrite the training data")
+    csv_file = suffix in (".csv", ".txt")
+    header, rows = _csv_rows(path) if csv_file else _jsonl_rows(path)
+    n_held = int(round(len(rows) * fraction))
+    if n_held < 1 or n_held >= len(rows):
+        raise InputError(str(path), f"{len(rows)} rows are too few to hold out {fraction:g}")
+    held = np.zeros(len(rows), dtype=bool)
+    held[np.random.default_rng(seed).permutation(len(rows))[:n_held]] = True
+    try:
+        with open(out, "w", newline="") as fh:
+            if csv_file:
+                writer = csv.DictWriter(fh, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(row for row, h in zip(rows, held, strict=True) if h)
+            else:
+                fh.writelines(
+                    json.dumps(row) + "\n" for row, h in zip(rows, held, strict=True) if h
+                )
+    except OSError as exc:
+        raise InputError(str(out), f"cannot write the held-out rows: {exc.strerror}") from None
+    return ~held
+
+
 def _pick(
     header: list[str], chosen: str | None, candidates: tuple[str, ...], path: Path, what: str
 ) -> str | None:
@@ -91,6 +127,14 @@ def _feature_names(
     reserved: set[str],
     path: Path,
 ) -> list[str]:
+    # a typo in --exclude would otherwise train on the column it meant to leave out
+    unknown = [e for e in exclude or [] if e not in header]
+    if unknown:
+        raise InputError(
+            str(path),
+            f"--exclude column(s) {', '.join(unknown)} not found; the file has "
+            f"{', '.join(header[:40])}",
+        )
     if features:
         missing = [f for f in features if f not in header]
         if missing:

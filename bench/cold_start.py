@@ -1,0 +1,124 @@
+"""CLI cold start: wall time of one `anomaly` process for commands that need no Keras.
+
+Trains a tiny bundle through the CLI (a generated CSV), signs it with a fresh EC key, then
+runs each command ``--repeats`` times as a new process and reports the median wall time and
+its ratio to ``anomaly --help`` in the same run (the machine is shared: ratios travel better
+than seconds). The target of issue 19 is under 1 s each.
+
+    python bench/cold_start.py --out bench/results/cold_start.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TARGET_S = 1.0
+
+
+def _anomaly(*args: str) -> list[str]:
+    exe = shutil.which("anomaly")
+    if exe is None:
+        raise SystemExit("the `anomaly` console script is not on PATH (pip install -e .)")
+    return [exe, *args]
+
+
+def _setup(tmp: Path) -> dict[str, Path]:
+    """A trained, signed bundle and its public key, made through the CLI."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    rng = np.random.default_rng(0)
+    data = tmp / "normal.csv"
+    with open(data, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([f"x{i}" for i in range(6)])
+        writer.writerows(rng.normal(size=(400, 6)).round(5))
+    bundle = tmp / "bundle"
+    subprocess.run(
+        _anomaly("train", str(data), "--out", str(bundle), "--epochs", "1", "--quiet"),
+        check=True,
+        capture_output=True,
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = tmp / "key.pem", tmp / "key.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    subprocess.run(
+        _anomaly("sign", "--bundle", str(bundle), "--key", str(private)),
+        check=True,
+        capture_output=True,
+    )
+    return {"bundle": bundle, "public": public, "data": data}
+
+
+def _time(args: list[str], repeats: int) -> list[float]:
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(args, capture_output=True)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def main() -> None:
+    """Time the commands and print a markdown table (and write JSON with --out)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
+        paths = _setup(Path(tmp))
+        bundle = str(paths["bundle"])
+        commands = {
+            "anomaly --help": _anomaly("--help"),
+            "info": _anomaly("info", "--bundle", bundle),
+            "threshold --history": _anomaly("threshold", "--bundle", bundle, "--history"),
+            "verify --public-key": _anomaly(
+                "verify", "--bundle", bundle, "--public-key", str(paths["public"])
+            ),
+            "score --bundle MISSING": _anomaly(
+                "score",
+                "--bundle",
+                str(Path(tmp) / "missing"),
+                str(paths["data"]),
+                "--out",
+                str(Path(tmp) / "s.csv"),
+            ),
+        }
+        rows = {name: _time(cmd, args.repeats) for name, cmd in commands.items()}
+    base = statistics.median(rows["anomaly --help"])
+    runs = f"median s ({args.repeats} runs)"
+    print(f"| command | {runs} | min s | / `--help` | under {TARGET_S:g} s |")
+    print("|---|---:|---:|---:|---|")
+    for name, seconds in rows.items():
+        median = statistics.median(seconds)
+        print(
+            f"| `{name}` | {median:.2f} | {min(seconds):.2f} | {median / base:.1f}x | "
+            f"{'yes' if median < TARGET_S else 'no'} |"
+        )
+    if args.out:
+        args.out.write_text(json.dumps({"repeats": args.repeats, "seconds": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
