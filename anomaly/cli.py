@@ -107,6 +107,13 @@ def main(backend: str | None, log_level: str) -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("tensorflow").addFilter(_not_retracing)
+
+
+def _not_retracing(record: logging.LogRecord) -> bool:
+    """TensorFlow's tf.function retracing warning is about Keras' internals (predict on
+    varying batch sizes), nothing a user can act on: it is dropped."""
+    return "tf.function retracing" not in record.getMessage()
 
 
 def _is_image_source(path: Path) -> bool:
@@ -472,6 +479,17 @@ def threshold(bundle_dir: Path, data: Path | None, **opts: Any) -> None:
         if not version.isdigit():
             raise AnomalyError(f"--rollback {opts['rollback']!r}: expected a version like v2")
         before = bundle.threshold
+        if opts["dry_run"]:
+            history = bundle.threshold_history
+            if not 1 <= int(version) <= len(history):
+                raise AnomalyError(
+                    f"--rollback: no v{version}; the history has v1..v{len(history)}"
+                )
+            click.echo(
+                f"dry run: threshold {before:.6g} -> {history[int(version) - 1]['value']:.6g} "
+                f"(v{version}); bundle unchanged"
+            )
+            return
         entry = bundle.rollback_threshold(int(version), sign_key=opts["sign_key"])
         click.echo(
             f"threshold {before:.6g} -> {entry['value']:.6g}: version {entry['version']} "

@@ -10,6 +10,7 @@ everything. No data from outside the package is needed.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 import time
@@ -75,10 +76,36 @@ def run_demo(
     linger_s: float = 0.0,
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Run the whole demo; ``linger_s`` keeps the metrics endpoint up afterwards."""
+    """Run the whole demo; ``linger_s`` keeps the metrics endpoint up afterwards.
+
+    Without ``out`` the bundle lives in a temporary folder that is removed at the end.
+    """
     configure_logging("text", "WARNING")
-    out = Path(out) if out else Path(tempfile.mkdtemp(prefix="anomaly-demo-"))
+    # the local broker is the demo's own: kafka-python's connection warnings and shutdown
+    # tracebacks about it are nothing a user can act on
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="anomaly-demo-") as tmp:
+            echo("the demo's bundle is temporary, removed at the end (--out DIR keeps it)")
+            return _run(
+                Path(tmp), n_train, n_stream, fraud_rate, epochs, seed, metrics_port, linger_s, echo
+            )
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    return _run(out, n_train, n_stream, fraud_rate, epochs, seed, metrics_port, linger_s, echo)
+
+
+def _run(
+    out: Path,
+    n_train: int,
+    n_stream: int,
+    fraud_rate: float,
+    epochs: int,
+    seed: int,
+    metrics_port: int,
+    linger_s: float,
+    echo: Callable[[str], None],
+) -> DemoResult:
     echo(f"training a small GANomaly on {n_train} synthetic normal transactions ...")
     started = time.monotonic()
     bundle_path = _train(out, n_train, epochs, seed)

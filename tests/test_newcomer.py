@@ -1,0 +1,297 @@
+"""Issue 19: what a new user hits in the first hour, through the `anomaly` console script.
+
+One test (or a few) per numbered point of the issue: each runs the command a user would run
+on real files and checks what they see: one `error:` line and exit code 2 for wrong input,
+a `warning:` line where the result is weaker than it looks, nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+ANOMALY = shutil.which("anomaly") or "anomaly"
+COLUMNS = ["Time", "V1", "V2", "V3", "Amount", "Class"]
+
+
+def anomaly(*args, env=None, timeout=300):
+    """Run the console script as a user would; text output."""
+    return subprocess.run(
+        [ANOMALY, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(proc, *words):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def write_transactions(path, n=400, fraud=40, seed=0):
+    """A small fraud-like CSV: Time, three features, Amount, Class (fraud rows shifted)."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(COLUMNS)
+        for i in range(n + fraud):
+            shift = 4.0 if i >= n else 0.0
+            v = rng.normal(size=3) + shift
+            writer.writerow([i, *np.round(v, 5), round(abs(rng.normal()) * 50, 2), int(i >= n)])
+    return path
+
+
+def key_pair(directory, name):
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = directory / f"{name}.pem", directory / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_transactions(tmp_path_factory.mktemp("newcomer") / "transactions.csv")
+
+
+@pytest.fixture(scope="module")
+def held_out(data):
+    """A bundle trained with --holdout: (bundle, holdout file, train output)."""
+    bundle, holdout = data.parent / "bundle", data.parent / "holdout.csv"
+    proc = anomaly(
+        "train", data, "--out", bundle, "--holdout", holdout, "--exclude", "Time",
+        "--epochs", "2", "--hidden", "16,8",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return bundle, holdout, proc
+
+
+# 1 ---------------------------------------------------------------------------------------
+def test_1_an_exclude_typo_is_refused_before_training(data, tmp_path):
+    proc = anomaly("train", data, "--exclude", "Timee", "--out", tmp_path / "b", "--epochs", "1")
+    assert_one_line_error(proc, "Timee", "not found")
+    assert not (tmp_path / "b").exists()
+
+
+def test_1_label_column_none_says_the_label_becomes_a_feature(data, tmp_path):
+    proc = anomaly(
+        "train", data, "--label-column", "none", "--exclude", "Time",
+        "--out", tmp_path / "b", "--epochs", "1", "--hidden", "8",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "--label-column none" in line]
+    assert len(warnings) == 1 and "Class" in warnings[0] and "--exclude Class" in warnings[0]
+
+
+# 2 ---------------------------------------------------------------------------------------
+def test_2_holdout_keeps_rows_out_of_training_and_the_training_file_is_flagged(held_out, data):
+    bundle, holdout, train = held_out
+    with open(data) as fh:
+        all_rows = list(csv.DictReader(fh))
+    with open(holdout) as fh:
+        held_rows = list(csv.DictReader(fh))
+    assert len(held_rows) == round(0.3 * len(all_rows))
+    assert {r["Class"] for r in held_rows} == {"0", "1"}  # every class, for evaluate
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    trained_normals = sum(r["Class"] == "0" for r in all_rows) - sum(
+        r["Class"] == "0" for r in held_rows
+    )
+    t = manifest["training"]
+    assert t["n_train"] + t["n_validation"] + t["n_calibration"] == trained_normals
+    assert f"held out {len(held_rows)} of {len(all_rows)} rows" in train.stdout
+
+    on_holdout = anomaly("drift", "--bundle", bundle, holdout)
+    assert on_holdout.returncode == 0, on_holdout.stderr
+    assert "warning" not in on_holdout.stderr
+    on_training = anomaly("evaluate", "--bundle", bundle, data)
+    assert on_training.returncode == 0, on_training.stderr
+    assert "trained on" in on_training.stderr and "--holdout" in on_training.stderr
+
+
+# 3 ---------------------------------------------------------------------------------------
+def test_3_serve_with_no_broker_is_one_line_and_exit_2(held_out):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    proc = anomaly(
+        "serve", "--bundle", held_out[0], "--bootstrap-servers", f"127.0.0.1:{port}",
+        "--input-topic", "in", "--alert-topic", "alerts", "--dlq-topic", "dlq",
+        "--group", "g", "--metrics-port", "0", timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - started < 30
+
+
+# 4 ---------------------------------------------------------------------------------------
+def test_4_a_backend_that_is_not_installed_is_one_line(held_out, tmp_path):
+    assert "torch" not in anomaly("--help").stdout
+    proc = anomaly(
+        "score", "--bundle", held_out[0], held_out[1], "--out", tmp_path / "s.csv",
+        env={"KERAS_BACKEND": "torch"},
+    )  # fmt: skip
+    assert_one_line_error(proc, "torch")
+
+
+# 5 ---------------------------------------------------------------------------------------
+def test_5_log1p_of_a_column_that_is_not_a_feature_is_one_line(data, tmp_path):
+    proc = anomaly("train", data, "--log1p", "Amnt", "--out", tmp_path / "b", "--epochs", "1")
+    assert_one_line_error(proc, "--log1p", "Amnt", str(data))
+
+
+# 6 ---------------------------------------------------------------------------------------
+def _scores_file(path, bundle):
+    """`anomaly score`-style scores: 10 % above the bundle's live threshold."""
+    live = json.loads((bundle / "manifest.json").read_text())["thresholds"][-1]["value"]
+    scores = np.r_[np.linspace(0, live * 0.9, 90), np.linspace(live * 1.1, live * 2, 10)]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "score"])
+        writer.writerows([i, s] for i, s in enumerate(scores))
+    return path
+
+
+def test_6_dry_run_says_the_guard_would_refuse_and_a_fall_to_zero_is_named(held_out, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(held_out[0], bundle)
+    scores = _scores_file(tmp_path / "scores.csv", bundle)
+    before = (bundle / "manifest.json").read_bytes()
+    args = ("threshold", "--bundle", bundle, "--scores", scores, "--method", "quantile")
+    dry = anomaly(*args, "--target-fpr", "0.0001", "--dry-run")
+    assert_one_line_error(dry, "dry run", "refuse", "fall to 0", "--min-alert-rate")
+    assert "x (" not in dry.stderr  # no smoothed "4x" for a fall to nothing
+    real = anomaly(*args, "--target-fpr", "0.0001")
+    assert_one_line_error(real, "threshold unchanged", "fall to 0", "--min-alert-rate")
+    assert (bundle / "manifest.json").read_bytes() == before
+    fine = anomaly(*args, "--target-fpr", "0.05", "--dry-run")
+    assert fine.returncode == 0 and "dry run: bundle unchanged" in fine.stdout
+
+
+# 7 ---------------------------------------------------------------------------------------
+def test_7_a_threshold_change_signed_with_another_key_is_refused(held_out, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(held_out[0], bundle)
+    (ops, ops_pub), (other, _) = key_pair(tmp_path, "ops"), key_pair(tmp_path, "other")
+    assert anomaly("sign", "--bundle", bundle, "--key", ops).returncode == 0
+    proc = anomaly("threshold", "--bundle", bundle, "--rollback", "v1", "--sign-key", other)
+    assert_one_line_error(proc, "not the key that signed")
+    assert anomaly("verify", "--bundle", bundle, "--public-key", ops_pub).returncode == 0
+    same = anomaly("threshold", "--bundle", bundle, "--rollback", "v1", "--sign-key", ops)
+    assert same.returncode == 0, same.stderr
+    assert anomaly("verify", "--bundle", bundle, "--public-key", ops_pub).returncode == 0
+
+
+# 8 ---------------------------------------------------------------------------------------
+def test_8_an_existing_out_dir_is_refused_before_training(held_out, data):
+    # 5000 epochs would take far longer than the timeout if training started
+    proc = anomaly("train", data, "--out", held_out[0], "--epochs", "5000", timeout=60)
+    assert_one_line_error(proc, str(held_out[0]), "choose a new --out")
+
+
+# 9 ---------------------------------------------------------------------------------------
+def _write_pngs(folder, n, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        pixels = (rng.random((8, 8)) * 60 + 100).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
+
+
+def test_9_every_unreadable_training_image_is_named_in_one_run(tmp_path):
+    _write_pngs(tmp_path / "images", 20)
+    for name in ("bad1.png", "bad2.png"):
+        (tmp_path / "images" / name).write_text("not a png")
+    proc = anomaly("train", "--images", tmp_path / "images", "--out", tmp_path / "b")
+    assert_one_line_error(proc, "bad1.png", "bad2.png", "2 files")
+
+
+def test_9_small_calibration_split_and_collapsed_generator_are_said(tmp_path):
+    _write_pngs(tmp_path / "images", 60)
+    bundle = tmp_path / "b"
+    train = anomaly(
+        "train", "--images", tmp_path / "images", "--out", bundle, "--epochs", "1", "--quiet"
+    )
+    assert train.returncode == 0, train.stderr
+    warning = [line for line in train.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "calibration rows" in warning[0], train.stderr
+    # as `anomaly info` would show it after a collapse (the manifest's log is not hashed)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["training"]["log"].append({"epoch": 99, "events": ["generator_mode_collapse"]})
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert "generator_mode_collapse" in anomaly("info", "--bundle", bundle).stdout
+    report = anomaly(
+        "score-images", "--bundle", bundle, tmp_path / "images", "--out", tmp_path / "r", "--quiet"
+    )
+    assert report.returncode == 0, report.stderr
+    assert "generator collapsed" in report.stderr
+    assert "generator collapsed" in (tmp_path / "r" / "index.html").read_text()
+
+
+# 10 and cold start ------------------------------------------------------------------------
+def test_10_train_output_has_no_terminal_codes_and_no_per_epoch_log(held_out):
+    train = held_out[2]
+    assert "\x1b[" not in train.stdout + train.stderr
+    assert "INFO" not in train.stderr and "epoch 1 " not in train.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("info", "--bundle", "{bundle}"),
+        ("threshold", "--bundle", "{bundle}", "--history"),
+        ("threshold", "--bundle", "{bundle}", "--rollback", "v1", "--dry-run"),
+        ("verify", "--bundle", "{bundle}"),
+        ("score", "--bundle", "{missing}", "{data}", "--out", "{out}"),
+        ("train", "{data}", "--log1p", "nope", "--out", "{out}"),
+    ],
+)
+def test_10_commands_that_need_no_networks_never_import_keras(held_out, data, tmp_path, args):
+    """The seconds Keras takes to import are spent only where a network runs."""
+    values = {
+        "bundle": held_out[0],
+        "missing": tmp_path / "missing",
+        "data": data,
+        "out": tmp_path / "out",
+    }
+    argv = [a.format(**values) for a in args]
+    code = (
+        "import sys\n"
+        "from anomaly.cli import main\n"
+        f"try:\n    main({argv!r})\n"
+        "except SystemExit:\n    pass\n"
+        "print('keras loaded' if 'keras' in sys.modules else 'no keras', file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stderr.strip().endswith("no keras"), proc.stderr
