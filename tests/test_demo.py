@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
+import shutil
 import socket
 import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,9 +23,7 @@ def test_demo_streams_alerts_and_dead_letters():
     port = _free_port()
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "anomaly.cli",
+            shutil.which("anomaly") or "anomaly",
             "demo",
             "--records",
             "600",
@@ -37,7 +35,6 @@ def test_demo_streams_alerts_and_dead_letters():
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -51,3 +48,14 @@ def test_demo_streams_alerts_and_dead_letters():
     alerts, caught, frauds, dead = map(int, summary.groups())
     assert frauds > 0 and 0 < caught <= frauds and alerts >= caught
     assert dead == 3
+    # what the user reads: nothing they cannot act on (issue 19)
+    both = proc.stdout + proc.stderr
+    assert "Traceback" not in both and "retracing" not in both
+    loud = [
+        line
+        for line in both.splitlines()
+        if re.search(r"\b(WARNING|ERROR|CRITICAL)\b", line) or re.match(r"[WEF]\d{4} ", line)
+    ]
+    assert not loud, loud
+    bundle = re.search(r"bundle written to (\S+)", out)
+    assert bundle and not Path(bundle.group(1)).exists()  # the temporary bundle is gone
