@@ -295,3 +295,11 @@ def test_10_commands_that_need_no_networks_never_import_keras(held_out, data, tm
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stderr.strip().endswith("no keras"), proc.stderr
+
+
+def test_info_refuses_a_tampered_bundle(held_out, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(held_out[0], bundle)
+    with open(bundle / "model" / "detector.json", "a") as fh:
+        fh.write(" ")
+    assert_one_line_error(anomaly("info", "--bundle", bundle), "checksum mismatch")

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import precision_recall_curve
 
 from anomaly.bundle.decision import exceeds
 from anomaly.errors import AnomalyError
@@ -68,6 +66,8 @@ def pot_threshold(
             f"POT needs at least 10 scores above the {initial_quantile:.3f} quantile, "
             f"got {excesses.size}: give more normal data or lower --initial-quantile"
         )
+    from scipy import stats  # here: a second of import that --history does not need
+
     xi, _, sigma = stats.genpareto.fit(excesses, floc=0.0)
     ratio = target_fpr * scores.size / excesses.size
     if abs(xi) < 1e-6:
@@ -103,6 +103,8 @@ def _pr_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
     labels = np.asarray(labels).astype(int)
     if labels.min() == labels.max():
         raise AnomalyError("labelled methods need both normal (0) and anomalous (1) rows")
+    from sklearn.metrics import precision_recall_curve
+
     return precision_recall_curve(labels, scores)
 
 
