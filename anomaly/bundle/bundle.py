@@ -107,7 +107,7 @@ def require_new_bundle_dir(path: str | Path) -> None:
     """Refuse an existing non-empty directory: a bundle is never written over another."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise BundleError(f"{path}: exists and is not an empty directory; choose a new --out")
+        raise BundleError(f"{path}: exists and is not empty; choose a new --out")
 
 
 class Bundle:
