@@ -16,11 +16,17 @@ import json
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from testsupport.keys import key_pair  # noqa: E402
 
 TARGET_S = 1.0
 
@@ -34,9 +40,6 @@ def _anomaly(*args: str) -> list[str]:
 
 def _setup(tmp: Path) -> dict[str, Path]:
     """A trained, signed bundle and its public key, made through the CLI."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     rng = np.random.default_rng(0)
     data = tmp / "normal.csv"
     with open(data, "w", newline="") as fh:
@@ -49,20 +52,7 @@ def _setup(tmp: Path) -> dict[str, Path]:
         check=True,
         capture_output=True,
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = tmp / "key.pem", tmp / "key.pub"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    private, public = key_pair(tmp, "key")
     subprocess.run(
         _anomaly("sign", "--bundle", str(bundle), "--key", str(private)),
         check=True,

@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+
+from testsupport.keys import key_pair
 
 ANOMALY = shutil.which("anomaly") or "anomaly"
 COLUMNS = ["Time", "V1", "V2", "V3", "Amount", "Class"]
@@ -56,24 +56,6 @@ def write_transactions(path, n=400, fraud=40, seed=0):
             v = rng.normal(size=3) + shift
             writer.writerow([i, *np.round(v, 5), round(abs(rng.normal()) * 50, 2), int(i >= n)])
     return path
-
-
-def key_pair(directory, name):
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = directory / f"{name}.pem", directory / f"{name}.pub"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
 
 
 @pytest.fixture(scope="module")

@@ -11,35 +11,16 @@ import threading
 
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from anomaly.bundle.bundle import MANIFEST, Bundle
 from anomaly.cli import main
 from anomaly.errors import BundleError
 from testsupport.data import FEATURES
+from testsupport.keys import key_pair
 
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def key_pair(directory, name):
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = directory / f"{name}.pem", directory / f"{name}.pub"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
 
 
 @pytest.fixture
