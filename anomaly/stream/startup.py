@@ -1,5 +1,6 @@
-"""Process wiring of ``anomaly serve``: signals first, then logging, metrics server, bundle
-(TensorFlow loads here, seconds), and the loop.
+"""Process wiring of ``anomaly serve``: signals first, then logging, metrics server, the
+bundle's checks (manifest, checksums, signature), the broker probe, the networks (TensorFlow
+loads here, seconds), and the loop.
 
 SIGTERM/SIGINT are handled from the first line of ``serve``: during start-up the signal is
 logged and start-up stops at the next stage (exit 0, nothing was consumed); once the loop
@@ -137,18 +138,20 @@ def serve(
     try:
         if shutdown.requested:
             return _stopped_during_startup("metrics")
+        from anomaly.bundle.bundle import Bundle
+
+        trust = {"public_key": config.public_key, "require_signature": config.require_signature}
+        # a bundle that is missing, tampered with or unsigned is refused first (manifest,
+        # checksums and signature: no Keras yet), then the broker is probed, and only then
+        # do the networks load (seconds), so neither refusal waits for TensorFlow
+        Bundle.load(config.bundle, model=False, **trust)
         check_broker(config)
         if shutdown.requested:
             return _stopped_during_startup("broker")
-        from anomaly.bundle.bundle import Bundle
         from anomaly.stream.drift import attach_drift
         from anomaly.stream.service import StreamService
 
-        bundle = Bundle.load(
-            config.bundle,
-            public_key=config.public_key,
-            require_signature=config.require_signature,
-        )
+        bundle = Bundle.load(config.bundle, **trust)
         if shutdown.requested:
             return _stopped_during_startup("bundle")
         backend, keras_version = backend_info()
