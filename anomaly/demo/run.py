@@ -64,6 +64,11 @@ def _train(out: Path, n_train: int, epochs: int, seed: int) -> Path:
     return path
 
 
+def _quiet_kafka() -> None:
+    """kafka-python logs nothing below CRITICAL in the demo."""
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
 def run_demo(
     out: Path | None = None,
     *,
@@ -82,8 +87,9 @@ def run_demo(
     """
     configure_logging("text", "WARNING")
     # the local broker is the demo's own: kafka-python's connection warnings and shutdown
-    # tracebacks about it are nothing a user can act on
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    # tracebacks about it are nothing a user can act on (set again once serve has configured
+    # its logging, which puts kafka-python back at WARNING)
+    _quiet_kafka()
     if out is None:
         with tempfile.TemporaryDirectory(prefix="anomaly-demo-") as tmp:
             echo("the demo's bundle is temporary, removed at the end (--out DIR keeps it)")
@@ -152,6 +158,7 @@ def _run(
         outcome: dict[str, object] = {"metrics_url": ""}
 
         def on_start(service: StreamService, server: MetricsServer) -> None:
+            _quiet_kafka()
             outcome["metrics_url"] = server.url
             echo(f"serving; Prometheus metrics at {server.url} (also /healthz, /readyz)")
             threading.Thread(target=_stop_when_done, args=(service, total), daemon=True).start()
