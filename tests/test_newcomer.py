@@ -254,6 +254,7 @@ def test_10_train_output_has_no_terminal_codes_and_no_per_epoch_log(held_out):
         ("info", "--bundle", "{bundle}"),
         ("threshold", "--bundle", "{bundle}", "--history"),
         ("threshold", "--bundle", "{bundle}", "--rollback", "v1", "--dry-run"),
+        ("threshold", "--bundle", "{bundle}", "--scores", "{scores}", "--dry-run"),
         ("verify", "--bundle", "{bundle}"),
         ("score", "--bundle", "{missing}", "{data}", "--out", "{out}"),
         ("train", "{data}", "--log1p", "nope", "--out", "{out}"),
@@ -266,6 +267,7 @@ def test_10_commands_that_need_no_networks_never_import_keras(held_out, data, tm
         "missing": tmp_path / "missing",
         "data": data,
         "out": tmp_path / "out",
+        "scores": _scores_file(tmp_path / "scores.csv", held_out[0]),
     }
     argv = [a.format(**values) for a in args]
     code = (
