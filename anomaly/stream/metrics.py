@@ -38,10 +38,10 @@ from prometheus_client import (
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from anomaly.stream.config import DEFAULT_HOST, DEFAULT_PORT
+
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 9108
-DEFAULT_HOST = "127.0.0.1"
 
 SCORE_BUCKETS = tuple(float(f"{b:.4g}") for b in np.logspace(-3, 3, 25))
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
