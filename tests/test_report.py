@@ -105,7 +105,7 @@ def test_index_references_every_flagged_image_with_three_thumbnails(report):
     summary, scores, threshold = report
     page = (summary.out_dir / "index.html").read_text()
     assert "http://" not in page and "https://" not in page  # opens offline
-    cards = page.split("<section class='card'")[1:]
+    cards = [c.split("</section>")[0] for c in page.split("<section class='card'")[1:]]
     assert len(cards) == 2
     # highest score first; the cross (last image, a DICOM frame) scores highest
     assert "scan/study.dcm" in cards[0] and "frame 2" in cards[0]
@@ -117,6 +117,32 @@ def test_index_references_every_flagged_image_with_three_thumbnails(report):
             with Image.open(summary.out_dir / rel) as img:
                 assert img.size == (16, 16)
         assert f"{threshold:.6g}" in card
+
+
+def test_table_rows_show_their_input_and_only_the_shown_thumbnails_stay(tmp_path):
+    """Every row of the page's table has its input thumbnail, below the threshold too; an
+    image pushed out of the table by higher scores leaves no thumbnail behind."""
+    inputs, recon, residual, scores = _arrays(n=8)
+    metas = [ImageMeta(path=f"scan/img{i}.png") for i in range(8)]
+    threshold = float(np.sort(scores)[-2])  # only the cross is flagged
+    summary = write_report(
+        tmp_path / "rep", metas, inputs, recon, residual, scores,
+        {"reconstruction": scores}, threshold, max_table_rows=4,
+    )  # fmt: skip
+    page = (summary.out_dir / "index.html").read_text()
+    table = page.split('id="all"')[1]
+    rows = table.split("<tr")[2:]  # after the header row
+    assert len(rows) == 4
+    shown = [row.split("src='")[1].split("'")[0] for row in rows]
+    for rel in shown:
+        with Image.open(summary.out_dir / rel) as img:
+            assert img.size == (16, 16)
+        assert rel.startswith("thumbs/") and "_input.png" in rel
+    top4 = np.argsort(-scores, kind="stable")[:4]
+    assert sorted(shown) == sorted(f"thumbs/{i:07d}_input.png" for i in top4)
+    inputs_on_disk = sorted(p.name for p in (summary.out_dir / "thumbs").glob("*_input.png"))
+    assert inputs_on_disk == sorted(Path(rel).name for rel in shown)  # nothing left behind
+    assert summary.flagged == 1 and "anomaly" in rows[0]
 
 
 def test_heatmap_overlay_colours_only_where_the_residual_is():

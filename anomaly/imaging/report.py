@@ -3,9 +3,13 @@
 Images are scored by ``anomaly.imaging.scoring``; this module only renders what it gives. The
 report is written while scoring goes on: CSV rows are appended per batch and each flagged
 image's three thumbnails (input, reconstruction, residual heatmap over the input) are written
-as PNG files under ``thumbs/`` at once, so memory does not grow with the folder size. Only
-the small per-row facts needed to sort the page are kept until :meth:`ReportWriter.close`
-writes ``index.html``. The page links thumbnails by relative path and loads nothing from the
+as PNG files under ``thumbs/`` at once, so memory does not grow with the folder size. The
+page's table of the highest-scoring ``max_table_rows`` images shows each one's input
+thumbnail too (the borderline normals a reviewer checks next); an unflagged image's thumbnail
+is written when it enters that table and deleted when a higher score pushes it out, so the
+folder holds at most the table's and the flagged images' thumbnails. Only the small per-row
+facts needed to sort the page are kept until :meth:`ReportWriter.close` writes
+``index.html``. The page links thumbnails by relative path and loads nothing from the
 network, so the report folder can be copied and opened offline.
 
 The heatmap colour scale is fixed (``heatmap_vmax`` in [0, 1] pixel units, default 0.5 = an
@@ -33,6 +37,7 @@ from anomaly.imaging.scoring import score_folder, stability_notice
 UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 ERROR_COLUMNS = ("path", "frame", "reason", "message")
 THUMB_PX = 112
+ROW_THUMB_PX = 40  # the table's input thumbnails
 
 
 @dataclass
@@ -124,7 +129,8 @@ class ReportWriter:
         self.notice = notice  # what the reader must know before trusting the page
         self._rows = 0
         self._flagged: list[_Flagged] = []
-        self._top: list[tuple[float, int, str, str, bool]] = []
+        # the table: (score, -row, path, frame, flagged, input thumbnail), a min-heap by score
+        self._top: list[tuple[float, int, str, str, bool, str]] = []
         self._errors: list[ImageReadError] = []
         self._failed_files: set[str] = set()
         self._scores_fh = open(self.out_dir / "scores.csv", "w", newline="", encoding="utf-8")
@@ -165,14 +171,20 @@ class ReportWriter:
                     int(flags[i]),
                 ]
             )
-            entry = (float(scores[i]), -row, meta.path, frame, bool(flags[i]))
+            names = tuple(f"{row:07d}_{kind}.png" for kind in ("input", "recon", "heat"))
+            entry = (float(scores[i]), -row, meta.path, frame, bool(flags[i]), names[0])
             if len(self._top) < self.max_table_rows:
                 heapq.heappush(self._top, entry)
+                dropped = None
             else:
-                heapq.heappushpop(self._top, entry)
-            if flags[i]:
-                names = tuple(f"{row:07d}_{kind}.png" for kind in ("input", "recon", "heat"))
+                dropped = heapq.heappushpop(self._top, entry)
+            if dropped is not entry:
                 _save_png(inputs[i], self.thumb_dir / names[0])
+                if dropped is not None and not dropped[4]:  # a flagged image's card keeps it
+                    (self.thumb_dir / dropped[5]).unlink(missing_ok=True)
+            if flags[i]:
+                if dropped is entry:  # flagged but below the table's cut: its card needs it
+                    _save_png(inputs[i], self.thumb_dir / names[0])
                 _save_png(reconstructions[i], self.thumb_dir / names[1])
                 _save_png(
                     heatmap_overlay(inputs[i], residuals[i], self.heatmap_vmax),
@@ -266,13 +278,17 @@ class ReportWriter:
             else f"{len(top)}"
         )
         parts.append(f'<h2 id="all">All images by score ({shown})</h2>')
-        parts.append("<table><tr><th>#</th><th>path</th><th>frame</th><th>score</th><th></th></tr>")
-        for rank, (score, _, path, frame, flag) in enumerate(top, start=1):
+        parts.append(
+            "<table><tr><th>#</th><th>input</th><th>path</th><th>frame</th><th>score</th>"
+            "<th></th></tr>"
+        )
+        for rank, (score, _, path, frame, flag, thumb) in enumerate(top, start=1):
             cls = " class='flag'" if flag else ""
             mark = "anomaly" if flag else ""
             parts.append(
-                f"<tr{cls}><td>{rank}</td><td>{esc(path)}</td><td>{frame}</td>"
-                f"<td>{score:.6g}</td><td>{mark}</td></tr>"
+                f"<tr{cls}><td>{rank}</td><td><img src='thumbs/{thumb}' alt='input of "
+                f"{esc(path)}' width='{ROW_THUMB_PX}' height='{ROW_THUMB_PX}'></td>"
+                f"<td>{esc(path)}</td><td>{frame}</td><td>{score:.6g}</td><td>{mark}</td></tr>"
             )
         parts.append("</table></body></html>")
         return "\n".join(parts)
