@@ -135,6 +135,28 @@ def test_3_serve_with_no_broker_is_one_line_and_exit_2(held_out):
     assert time.monotonic() - started < 30
 
 
+def test_3_serve_with_an_image_bundle_points_to_score_images_before_the_broker(tmp_path):
+    _write_pngs(tmp_path / "images", 30)
+    bundle = tmp_path / "b"
+    train = anomaly(
+        "train", "--images", tmp_path / "images", "--out", bundle, "--epochs", "1", "--quiet"
+    )
+    assert train.returncode == 0, train.stderr
+    with socket.socket() as sock:  # a port nothing listens on: the bundle is refused first
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = anomaly(
+        "serve", "--bundle", bundle, "--bootstrap-servers", f"127.0.0.1:{port}",
+        "--input-topic", "in", "--alert-topic", "alerts", "--dlq-topic", "dlq",
+        "--group", "g", "--metrics-port", "0", timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]  # serve's own log lines may precede it
+    assert "trained on images" in errors[0] and "`anomaly score-images`" in errors[0]
+    assert "broker" not in errors[0]
+
+
 # 4 ---------------------------------------------------------------------------------------
 def test_4_a_backend_that_is_not_installed_is_one_line(held_out, tmp_path):
     assert "torch" not in anomaly("--help").stdout

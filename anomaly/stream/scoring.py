@@ -62,15 +62,20 @@ class ScoredBatch:
     dead_lettered: int
 
 
+def require_tabular(schema: Any) -> None:
+    """Refuse a bundle the stream cannot score: records are JSON rows of named features."""
+    if getattr(schema, "kind", "tabular") != "tabular":
+        raise AnomalyError(
+            "anomaly serve scores tabular JSON records; this bundle was trained on images "
+            "(score image folders with `anomaly score-images`)"
+        )
+
+
 class BatchScorer:
     """Turns consumed records into alerts, score messages and dead letters."""
 
     def __init__(self, config: ServeConfig, scorer: Scorer, metrics: Metrics):
-        if getattr(scorer.schema, "kind", "tabular") != "tabular":
-            raise AnomalyError(
-                "anomaly serve scores tabular JSON records; this bundle was trained on images "
-                "(use `anomaly score` on image folders)"
-            )
+        require_tabular(scorer.schema)
         self.config = config
         self.scorer = scorer
         self.metrics = metrics

@@ -139,12 +139,13 @@ def serve(
         if shutdown.requested:
             return _stopped_during_startup("metrics")
         from anomaly.bundle.bundle import Bundle
+        from anomaly.stream.scoring import require_tabular
 
         trust = {"public_key": config.public_key, "require_signature": config.require_signature}
-        # a bundle that is missing, tampered with or unsigned is refused first (manifest,
-        # checksums and signature: no Keras yet), then the broker is probed, and only then
-        # do the networks load (seconds), so neither refusal waits for TensorFlow
-        Bundle.load(config.bundle, model=False, **trust)
+        # a bundle that is missing, tampered with, unsigned or of images is refused first
+        # (manifest, checksums and signature: no Keras yet), then the broker is probed, and
+        # only then do the networks load (seconds), so neither refusal waits for TensorFlow
+        require_tabular(Bundle.load(config.bundle, model=False, **trust).schema)
         check_broker(config)
         if shutdown.requested:
             return _stopped_during_startup("broker")
