@@ -765,14 +765,24 @@ def _serve_options(command: Any) -> Any:
     """One --flag per ServeConfig setting (the config module owns names, defaults and docs)."""
     from anomaly.stream.config import SECRET_ONLY_SETTINGS, describe_settings
 
-    for name, doc, default in reversed(describe_settings()):
-        if name in SECRET_ONLY_SETTINGS:
+    for setting in reversed(describe_settings()):
+        if setting.name in SECRET_ONLY_SETTINGS:
             continue
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):  # --exactly-once / --no-exactly-once; None = not given
+        flag = "--" + setting.name.replace("_", "-")
+        if isinstance(setting.default, bool):  # --exactly-once / --no-exactly-once
             flag = f"{flag}/--no-{flag[2:]}"
-        hint = f" [default: {default}]" if default not in (None, ()) else ""
-        command = click.option(flag, name, default=None, help=doc + hint)(command)
+        hint = f" [default: {setting.default}]" if setting.default not in (None, ()) else ""
+        if setting.required:
+            hint = " [required, or from ANOMALY_* / --config]"
+        # values stay strings for click: the config module converts and checks them, so a
+        # bad value is its one-line error, wherever the value came from
+        command = click.option(
+            flag,
+            setting.name,
+            default=None,
+            metavar=setting.metavar or None,
+            help=setting.doc + hint,
+        )(command)
     return command
 
 

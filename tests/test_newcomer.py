@@ -157,6 +157,22 @@ def test_3_serve_with_an_image_bundle_points_to_score_images_before_the_broker(t
     assert "broker" not in errors[0]
 
 
+def test_serve_help_says_what_each_value_looks_like_and_which_are_required():
+    """Serve's options are strings to click (the config module converts them), but --help
+    shows what a value looks like and marks the settings serve cannot start without."""
+    text = " ".join(anomaly("serve", "--help").stdout.split())
+    for flag, shape in (
+        ("--bundle", "PATH"),
+        ("--max-batch", "INTEGER"),
+        ("--max-wait-ms", "MS"),
+        ("--delivery-timeout-s", "SECONDS"),
+        ("--alert-fields", "A,B,..."),
+    ):
+        assert f"{flag} {shape} " in text, flag
+    required = text.count("[required, or from ANOMALY_* / --config]")
+    assert required == 5  # bundle, input, alert and dead-letter topics, group
+
+
 # 4 ---------------------------------------------------------------------------------------
 def test_4_a_backend_that_is_not_installed_is_one_line(held_out, tmp_path):
     assert "torch" not in anomaly("--help").stdout

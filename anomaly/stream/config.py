@@ -24,7 +24,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from anomaly.errors import AnomalyError
 from anomaly.stream.records import DEFAULT_MAX_BYTES
@@ -411,10 +411,42 @@ def _validate(config: ServeConfig) -> None:
         raise ConfigError("the alert and dead-letter topics must differ from the input topic")
 
 
-def describe_settings() -> list[tuple[str, str, Any]]:
-    """(name, documentation, default) of every setting, for help texts and docs."""
+class SettingHelp(NamedTuple):
+    """One setting as help texts show it."""
+
+    name: str
+    doc: str
+    default: Any
+    metavar: str  # what the value looks like: INTEGER, SECONDS, PATH, A,B,... or TEXT
+    required: bool
+
+
+def _metavar(name: str, annotation: str) -> str:
+    kind = annotation.replace(" | None", "")
+    if kind == "bool":
+        return ""
+    if kind == "int":
+        return "MS" if name.endswith("_ms") else "INTEGER"
+    if kind == "float":
+        return "SECONDS" if name.endswith("_s") else "NUMBER"
+    if kind == "Path":
+        return "PATH"
+    if kind.startswith("tuple"):
+        return "A,B,..."
+    return "TEXT"
+
+
+def describe_settings() -> list[SettingHelp]:
+    """Every setting with its documentation, default, value shape and whether it is
+    required (by flag, ANOMALY_* variable or config file), for help texts and docs."""
     return [
-        (f.name, f.metadata.get("doc", ""), f.default)
+        SettingHelp(
+            f.name,
+            f.metadata.get("doc", ""),
+            f.default,
+            _metavar(f.name, str(f.type)),
+            f.name in _REQUIRED,
+        )
         for f in dataclasses.fields(ServeConfig)
         if f.name not in PASSTHROUGH_TABLES
     ]
