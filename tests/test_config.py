@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,19 @@ def test_unknown_file_setting_is_an_error(tmp_path):
     path.write_text('bundel = "typo"\n')
     with pytest.raises(ConfigError, match="bundel"):
         load_serve_config(REQUIRED, env={}, config_file=path)
+
+
+def test_the_config_file_example_in_the_docs_loads(tmp_path):
+    """docs/streaming.md's serve.toml is a real configuration (a flag overrides the password
+    file, which only exists on the documented machine)."""
+    doc = (Path(__file__).parents[1] / "docs" / "streaming.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "serve.toml"
+    path.write_text(example)
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    config = load_serve_config({"sasl_password_file": str(secret)}, env={}, config_file=path)
+    assert config.input_topic == "transactions" and config.exactly_once
+    assert config.alert_fields == ("merchant_id", "card_id")
+    assert config.producer_settings()["compression_type"] == "gzip"
+    assert config.client_settings()["sasl_plain_password"] == "s3cret"
