@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, InputError
 
 IMAGE_SUFFIXES = (".idx", ".ubyte", ".gz")
 # Keras backends and the package each needs (torch is not a dependency of this project)
@@ -303,7 +303,6 @@ def _warn(message: str) -> None:
 
 def _check_record_options(data: Path, features: list[str], opts: dict[str, Any]) -> None:
     """Options that name columns must name features, before any training starts."""
-    from anomaly.errors import InputError
     from anomaly.tabular.readers import LABEL_CANDIDATES
 
     missing = [c for c in _csv_list(opts["log1p"]) if c not in features]
@@ -347,14 +346,18 @@ def _warn_if_training_data(bundle: Any, data: Path) -> None:
         )
 
 
-def _read_for_bundle(bundle: Any, data: Path, label_column: str | None, id_column: str) -> Any:
+def _read_for_bundle(
+    bundle: Any, data: Path, label_column: str | None, id_column: str, skip_bad_rows: bool = False
+) -> Any:
     from anomaly.tabular.readers import read_table
 
     if bundle.schema.kind != "tabular":
         raise AnomalyError(
             f"{bundle.path} is an image bundle: use `anomaly score-images` for image data"
         )
-    return read_table(data, bundle.schema.feature_names, None, label_column, id_column)
+    return read_table(
+        data, bundle.schema.feature_names, None, label_column, id_column, skip_bad_rows
+    )
 
 
 @main.command()
@@ -363,17 +366,38 @@ def _read_for_bundle(bundle: Any, data: Path, label_column: str | None, id_colum
 @click.option("--out", required=True, type=click.Path(path_type=Path), help=".csv or .jsonl")
 @click.option("--top-k", type=int, default=3, show_default=True, help="Top features per row.")
 @click.option("--id-column", default="auto", show_default=True)
-def score(bundle_dir: Path, data: Path, out: Path, top_k: int, id_column: str) -> None:
+@click.option(
+    "--skip-bad-rows",
+    is_flag=True,
+    help="Score the readable rows; list the others (row, problem) in OUT's .errors.csv and "
+    "exit 1, as spark-score does. Without it one bad row stops the file.",
+)
+def score(
+    bundle_dir: Path, data: Path, out: Path, top_k: int, id_column: str, skip_bad_rows: bool
+) -> None:
     """Score a CSV / JSONL / NPZ file; writes id, score, components, is_anomaly, top features."""
-    from anomaly.tabular.batch import score_table, write_rows
+    from anomaly.tabular.batch import score_table, write_row_errors, write_rows
 
     bundle = _load_bundle(bundle_dir)
-    table = _read_for_bundle(bundle, data, None, id_column)
-    rows = score_table(bundle, table, top_k)
+    try:
+        table = _read_for_bundle(bundle, data, None, id_column, skip_bad_rows)
+    except InputError as error:
+        if error.row is None:
+            raise
+        hint = f"{error.problem} (--skip-bad-rows scores the rest)"
+        raise InputError(error.file, hint, error.row) from None
+    rows = score_table(bundle, table, top_k) if len(table.X) else []
     write_rows(rows, out)
     flagged = sum(r["is_anomaly"] for r in rows)
     click.echo(f"scored {len(rows)} records, {flagged} above threshold {bundle.threshold:.6g}")
     click.echo(f"wrote {out}")
+    if table.skipped:
+        errors_out = write_row_errors(table.skipped, out)
+        click.echo(
+            f"error: skipped {len(table.skipped)} unreadable rows, listed in {errors_out}",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @main.command()

@@ -325,3 +325,40 @@ def test_info_refuses_a_tampered_bundle(held_out, tmp_path):
     with open(bundle / "model" / "detector.json", "a") as fh:
         fh.write(" ")
     assert_one_line_error(anomaly("info", "--bundle", bundle), "checksum mismatch")
+
+
+# smaller: score skips and lists bad rows when asked --------------------------------------
+def test_score_skip_bad_rows_scores_the_rest_and_lists_each_bad_row(held_out, tmp_path):
+    bundle, holdout, _ = held_out
+    lines = holdout.read_text().splitlines()
+    bad = list(lines)
+    bad[3] = bad[3].replace(bad[3].split(",")[2], "oops", 1)  # data row 3: not a number
+    bad[7] = bad[7] + ",1"  # data row 7: one field too many
+    broken = tmp_path / "broken.csv"
+    broken.write_text("\n".join(bad) + "\n")
+    refused = anomaly("score", "--bundle", bundle, broken, "--out", tmp_path / "refused.csv")
+    # without the flag the first problem the reader meets stops the file, as before
+    assert_one_line_error(refused, "row 7", "fields", "--skip-bad-rows")
+    assert not (tmp_path / "refused.csv").exists()
+
+    out = tmp_path / "scores.csv"
+    proc = anomaly("score", "--bundle", bundle, broken, "--out", out, "--skip-bad-rows")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "skipped 2 unreadable rows" in proc.stderr
+    with open(tmp_path / "scores.errors.csv", newline="") as fh:
+        errors = list(csv.DictReader(fh))
+    assert [e["row"] for e in errors] == ["3", "7"]
+    assert "oops" in errors[0]["problem"] and "fields" in errors[1]["problem"]
+    clean = tmp_path / "clean.csv"
+    assert anomaly("score", "--bundle", bundle, holdout, "--out", clean).returncode == 0
+    with open(clean, newline="") as fh:
+        expected = {r["id"]: r["score"] for r in csv.DictReader(fh)}
+    with open(out, newline="") as fh:
+        got = {r["id"]: r["score"] for r in csv.DictReader(fh)}
+    assert len(got) == len(expected) - 2 and set(expected) - set(got) == {"3", "7"}
+    # the same rows, the same scores (float32 networks: a batch of another size may round
+    # the last digits differently)
+    ids = sorted(got)
+    np.testing.assert_allclose(
+        [float(got[i]) for i in ids], [float(expected[i]) for i in ids], rtol=1e-4, atol=1e-5
+    )

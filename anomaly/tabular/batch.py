@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from anomaly.bundle.bundle import Bundle
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, InputError
 from anomaly.tabular.readers import Table
 
 CHUNK = 4096
@@ -69,3 +69,14 @@ def write_rows(rows: list[dict[str, Any]], out: str | Path) -> Path:
             record["top_features"] = ";".join(f"{n}:{c:.4g}" for n, c in row["top_features"])
             writer.writerow(record)
     return out
+
+
+def write_row_errors(errors: list[InputError], out: str | Path) -> Path:
+    """The rows ``--skip-bad-rows`` left out, beside the scores: ``OUT.errors.csv`` with the
+    data row number (1-based) and the problem."""
+    path = Path(out).with_suffix(".errors.csv")
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["row", "problem"])
+        writer.writerows([e.row, e.problem] for e in errors)
+    return path

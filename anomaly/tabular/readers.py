@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,8 @@ class Table:
     X: np.ndarray
     ids: list[str]
     labels: np.ndarray | None
+    # rows left out by ``skip_bad_rows``: each one's InputError (file, row, problem)
+    skipped: list[InputError] = field(default_factory=list)
 
 
 def read_table(
@@ -33,11 +35,15 @@ def read_table(
     exclude: list[str] | None = None,
     label_column: str | None = "auto",
     id_column: str | None = "auto",
+    skip_bad_rows: bool = False,
 ) -> Table:
     """Read a CSV / JSONL / NPZ file.
 
     ``features`` selects columns (default: every column but the label, id and ``exclude``);
     ``label_column="auto"`` picks a column named like a label (Class, label, y, is_anomaly).
+    ``skip_bad_rows``: a row that cannot be read (wrong field count, invalid JSON, a missing
+    or non-numeric value) is left out and listed in ``Table.skipped`` instead of stopping the
+    file; problems with the file as a whole (no header, unknown column) still stop it.
     """
     path = Path(path)
     if not path.is_file():
@@ -45,10 +51,11 @@ def read_table(
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _read_npz(path, features, exclude, label_column)
+    skipped: list[InputError] | None = [] if skip_bad_rows else None
     if suffix in (".jsonl", ".ndjson", ".json"):
-        header, rows = _jsonl_rows(path)
+        header, rows = _jsonl_rows(path, skipped)
     elif suffix in (".csv", ".txt"):
-        header, rows = _csv_rows(path)
+        header, rows = _csv_rows(path, skipped)
     else:
         raise InputError(str(path), f"unsupported file type {suffix!r} (use .csv, .jsonl or .npz)")
     label = _pick(header, label_column, LABEL_CANDIDATES, path, "label")
@@ -57,19 +64,29 @@ def read_table(
     X = np.empty((len(rows), len(names)), dtype=np.float64)
     labels = np.empty(len(rows), dtype=np.int8) if label else None
     ids: list[str] = []
-    for i, row in enumerate(rows):
-        row_no = i + 1
-        for j, name in enumerate(names):
-            X[i, j] = _number(row.get(name), path, row_no, name)
-        if labels is not None:
-            value = _number(row.get(label), path, row_no, label)
-            if value not in (0, 1):
-                raise InputError(str(path), f"label {label!r} must be 0 or 1, got {value}", row_no)
-            labels[i] = int(value)
+    kept = 0
+    for row_no, row in rows:
+        try:
+            X[kept] = [_number(row.get(name), path, row_no, name) for name in names]
+            if labels is not None:
+                value = _number(row.get(label), path, row_no, label)
+                if value not in (0, 1):
+                    raise InputError(
+                        str(path), f"label {label!r} must be 0 or 1, got {value}", row_no
+                    )
+                labels[kept] = int(value)
+        except InputError as error:
+            if skipped is None:
+                raise
+            skipped.append(error)
+            continue
         ids.append(str(row.get(id_col)) if id_col else str(row_no))
-    if not rows:
+        kept += 1
+    if not rows and not skipped:
         raise InputError(str(path), "no data rows")
-    return Table(path, names, X, ids, labels)
+    labels = None if labels is None else labels[:kept]
+    skipped = sorted(skipped or [], key=lambda e: e.row or 0)  # file order, for the reader
+    return Table(path, names, X[:kept], ids, labels, skipped)
 
 
 def hold_out(path: str | Path, fraction: float, seed: int | None, out: str | Path) -> np.ndarray:
@@ -87,7 +104,8 @@ def hold_out(path: str | Path, fraction: float, seed: int | None, out: str | Pat
     if out.resolve() == path.resolve():
         raise InputError(str(out), "--holdout would overwrite the training data")
     csv_file = suffix in (".csv", ".txt")
-    header, rows = _csv_rows(path) if csv_file else _jsonl_rows(path)
+    header, numbered = _csv_rows(path) if csv_file else _jsonl_rows(path)
+    rows = [row for _, row in numbered]
     n_held = int(round(len(rows) * fraction))
     if n_held < 1 or n_held >= len(rows):
         raise InputError(str(path), f"{len(rows)} rows are too few to hold out {fraction:g}")
@@ -166,7 +184,17 @@ def _number(value: object, path: Path, row: int, column: str) -> float:
     return number
 
 
-def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+Rows = list[tuple[int, dict[str, object]]]  # (1-based data row number, values by column)
+
+
+def _bad_row(error: InputError, skipped: list[InputError] | None) -> None:
+    """Raise ``error``, or list it when bad rows are skipped."""
+    if skipped is None:
+        raise error
+    skipped.append(error)
+
+
+def _csv_rows(path: Path, skipped: list[InputError] | None = None) -> tuple[list[str], Rows]:
     try:
         with open(path, newline="") as fh:
             reader = csv.reader(fh)
@@ -174,24 +202,22 @@ def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
             if not header:
                 raise InputError(str(path), "empty file (no header row)")
             header = [h.strip() for h in header]
-            rows = []
+            rows: Rows = []
             for i, values in enumerate(reader):
                 if not values:
                     continue
                 if len(values) != len(header):
-                    raise InputError(
-                        str(path),
-                        f"has {len(values)} fields, the header has {len(header)}",
-                        i + 1,
-                    )
-                rows.append(dict(zip(header, values, strict=True)))
+                    problem = f"has {len(values)} fields, the header has {len(header)}"
+                    _bad_row(InputError(str(path), problem, i + 1), skipped)
+                    continue
+                rows.append((i + 1, dict(zip(header, values, strict=True))))
     except UnicodeDecodeError as exc:
         raise InputError(str(path), f"not a text CSV file ({exc.reason})") from None
     return header, rows
 
 
-def _jsonl_rows(path: Path) -> tuple[list[str], list[dict[str, object]]]:
-    rows: list[dict[str, object]] = []
+def _jsonl_rows(path: Path, skipped: list[InputError] | None = None) -> tuple[list[str], Rows]:
+    rows: Rows = []
     header: list[str] = []
     try:
         with open(path) as fh:
@@ -201,16 +227,19 @@ def _jsonl_rows(path: Path) -> tuple[list[str], list[dict[str, object]]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise InputError(str(path), f"invalid JSON: {exc.msg}", i + 1) from None
+                    _bad_row(InputError(str(path), f"invalid JSON: {exc.msg}", i + 1), skipped)
+                    continue
                 if not isinstance(obj, dict):
-                    raise InputError(str(path), "each line must be a JSON object", i + 1)
+                    problem = "each line must be a JSON object"
+                    _bad_row(InputError(str(path), problem, i + 1), skipped)
+                    continue
                 for key in obj:
                     if key not in header:
                         header.append(key)
-                rows.append(obj)
+                rows.append((i + 1, obj))
     except UnicodeDecodeError as exc:
         raise InputError(str(path), f"not a UTF-8 text file ({exc.reason})") from None
-    if not rows:
+    if not rows and not skipped:
         raise InputError(str(path), "no data rows")
     return header, rows
 
