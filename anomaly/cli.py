@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ IMAGE_SUFFIXES = (".idx", ".ubyte", ".gz")
 BACKENDS = {"tensorflow": "tensorflow", "jax": "jax"}
 # below this many calibration rows expected above the threshold, its alert rate is a guess
 MIN_CALIBRATION_EXCEEDANCES = 5
+# a bundle load still running after this long tells a terminal user why (see _load_bundle)
+SLOW_LOAD_NOTICE_S = 1.0
 
 
 class _Group(click.Group):
@@ -327,10 +330,23 @@ def _quiet_kafka() -> None:
 
 
 def _load_bundle(path: Path, model: bool = True) -> Any:
-    """A verified bundle; ``model=False`` skips the networks (and the seconds Keras takes)."""
+    """A verified bundle; ``model=False`` skips the networks (and the seconds Keras takes).
+
+    On a terminal, a load still running after ``SLOW_LOAD_NOTICE_S`` says why the command
+    is slow (Keras and TensorFlow start up); piped or redirected output gets no such line.
+    """
     from anomaly.bundle.bundle import Bundle
 
-    return Bundle.load(path, model=model)
+    if not model or not sys.stderr.isatty():
+        return Bundle.load(path, model=model)
+    says = "loading the model's networks (Keras starts up: a few seconds)"
+    notice = threading.Timer(SLOW_LOAD_NOTICE_S, lambda: click.echo(says, err=True))
+    notice.daemon = True
+    notice.start()
+    try:
+        return Bundle.load(path, model=model)
+    finally:
+        notice.cancel()
 
 
 def _warn_if_training_data(bundle: Any, data: Path) -> None:

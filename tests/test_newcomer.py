@@ -362,3 +362,39 @@ def test_score_skip_bad_rows_scores_the_rest_and_lists_each_bad_row(held_out, tm
     np.testing.assert_allclose(
         [float(got[i]) for i in ids], [float(expected[i]) for i in ids], rtol=1e-4, atol=1e-5
     )
+
+
+# smaller: a slow scoring command says why, on a terminal only ------------------------------
+def _on_a_terminal(args):
+    """Run ``anomaly ARGS`` with stderr on a pseudo-terminal; (exit code, what stderr got)."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [ANOMALY, *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+
+def test_scoring_on_a_terminal_says_why_it_takes_seconds_and_pipes_stay_quiet(held_out, tmp_path):
+    bundle, holdout, _ = held_out
+    args = ("score", "--bundle", bundle, holdout, "--out", tmp_path / "s.csv")
+    code, said = _on_a_terminal(args)
+    assert code == 0 and "loading the model's networks" in said, said
+    piped = anomaly(*args)
+    assert piped.returncode == 0 and "loading" not in piped.stderr
+    code, said = _on_a_terminal(("info", "--bundle", bundle))  # no networks: nothing to say
+    assert code == 0 and "loading" not in said, said
