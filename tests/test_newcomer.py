@@ -118,16 +118,22 @@ def test_2_holdout_keeps_rows_out_of_training_and_the_training_file_is_flagged(h
 
 
 # 3 ---------------------------------------------------------------------------------------
-def test_3_serve_with_no_broker_is_one_line_and_exit_2(held_out):
-    with socket.socket() as sock:  # a port nothing listens on
+def _serve_with_no_broker(bundle):
+    """``anomaly serve`` pointed at a port nothing listens on: (process, port)."""
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    started = time.monotonic()
     proc = anomaly(
-        "serve", "--bundle", held_out[0], "--bootstrap-servers", f"127.0.0.1:{port}",
+        "serve", "--bundle", bundle, "--bootstrap-servers", f"127.0.0.1:{port}",
         "--input-topic", "in", "--alert-topic", "alerts", "--dlq-topic", "dlq",
         "--group", "g", "--metrics-port", "0", timeout=120,
     )  # fmt: skip
+    return proc, port
+
+
+def test_3_serve_with_no_broker_is_one_line_and_exit_2(held_out):
+    started = time.monotonic()
+    proc, port = _serve_with_no_broker(held_out[0])
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], proc.stderr[-2000:]
@@ -136,20 +142,8 @@ def test_3_serve_with_no_broker_is_one_line_and_exit_2(held_out):
 
 
 def test_3_serve_with_an_image_bundle_points_to_score_images_before_the_broker(tmp_path):
-    _write_pngs(tmp_path / "images", 30)
-    bundle = tmp_path / "b"
-    train = anomaly(
-        "train", "--images", tmp_path / "images", "--out", bundle, "--epochs", "1", "--quiet"
-    )
-    assert train.returncode == 0, train.stderr
-    with socket.socket() as sock:  # a port nothing listens on: the bundle is refused first
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = anomaly(
-        "serve", "--bundle", bundle, "--bootstrap-servers", f"127.0.0.1:{port}",
-        "--input-topic", "in", "--alert-topic", "alerts", "--dlq-topic", "dlq",
-        "--group", "g", "--metrics-port", "0", timeout=120,
-    )  # fmt: skip
+    bundle, _ = _image_bundle(tmp_path, 30)
+    proc, _ = _serve_with_no_broker(bundle)  # no broker either: the bundle is refused first
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, proc.stderr[-2000:]  # serve's own log lines may precede it
@@ -257,13 +251,19 @@ def test_9_every_unreadable_training_image_is_named_in_one_run(tmp_path):
     assert_one_line_error(proc, "bad1.png", "bad2.png", "2 files")
 
 
-def test_9_small_calibration_split_and_collapsed_generator_are_said(tmp_path):
-    _write_pngs(tmp_path / "images", 60)
+def _image_bundle(tmp_path, n):
+    """A 1-epoch image bundle trained through the CLI on ``n`` PNGs: (bundle, train)."""
+    _write_pngs(tmp_path / "images", n)
     bundle = tmp_path / "b"
     train = anomaly(
         "train", "--images", tmp_path / "images", "--out", bundle, "--epochs", "1", "--quiet"
     )
     assert train.returncode == 0, train.stderr
+    return bundle, train
+
+
+def test_9_small_calibration_split_and_collapsed_generator_are_said(tmp_path):
+    bundle, train = _image_bundle(tmp_path, 60)
     warning = [line for line in train.stderr.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "calibration rows" in warning[0], train.stderr
     # as `anomaly info` would show it after a collapse (the manifest's log is not hashed)
