@@ -117,6 +117,19 @@ def test_2_holdout_keeps_rows_out_of_training_and_the_training_file_is_flagged(h
     assert "trained on" in on_training.stderr and "--holdout" in on_training.stderr
 
 
+@pytest.fixture(scope="module")
+def image_bundle(tmp_path_factory):
+    """A 1-epoch image bundle trained through the CLI on 60 PNGs: (bundle, images, train)."""
+    root = tmp_path_factory.mktemp("images")
+    _write_pngs(root / "images", 60)
+    bundle = root / "b"
+    train = anomaly(
+        "train", "--images", root / "images", "--out", bundle, "--epochs", "1", "--quiet"
+    )
+    assert train.returncode == 0, train.stderr
+    return bundle, root / "images", train
+
+
 # 3 ---------------------------------------------------------------------------------------
 def _serve_with_no_broker(bundle):
     """``anomaly serve`` pointed at a port nothing listens on: (process, port)."""
@@ -141,9 +154,9 @@ def test_3_serve_with_no_broker_is_one_line_and_exit_2(held_out):
     assert time.monotonic() - started < 30
 
 
-def test_3_serve_with_an_image_bundle_points_to_score_images_before_the_broker(tmp_path):
-    bundle, _ = _image_bundle(tmp_path, 30)
-    proc, _ = _serve_with_no_broker(bundle)  # no broker either: the bundle is refused first
+def test_3_serve_with_an_image_bundle_points_to_score_images_before_the_broker(image_bundle):
+    # no broker either: the bundle is refused first
+    proc, _ = _serve_with_no_broker(image_bundle[0])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, proc.stderr[-2000:]  # serve's own log lines may precede it
@@ -251,29 +264,17 @@ def test_9_every_unreadable_training_image_is_named_in_one_run(tmp_path):
     assert_one_line_error(proc, "bad1.png", "bad2.png", "2 files")
 
 
-def _image_bundle(tmp_path, n):
-    """A 1-epoch image bundle trained through the CLI on ``n`` PNGs: (bundle, train)."""
-    _write_pngs(tmp_path / "images", n)
-    bundle = tmp_path / "b"
-    train = anomaly(
-        "train", "--images", tmp_path / "images", "--out", bundle, "--epochs", "1", "--quiet"
-    )
-    assert train.returncode == 0, train.stderr
-    return bundle, train
-
-
-def test_9_small_calibration_split_and_collapsed_generator_are_said(tmp_path):
-    bundle, train = _image_bundle(tmp_path, 60)
+def test_9_small_calibration_split_and_collapsed_generator_are_said(image_bundle, tmp_path):
+    trained, images, train = image_bundle
     warning = [line for line in train.stderr.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "calibration rows" in warning[0], train.stderr
     # as `anomaly info` would show it after a collapse (the manifest's log is not hashed)
+    bundle = shutil.copytree(trained, tmp_path / "b")
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["training"]["log"].append({"epoch": 99, "events": ["generator_mode_collapse"]})
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     assert "generator_mode_collapse" in anomaly("info", "--bundle", bundle).stdout
-    report = anomaly(
-        "score-images", "--bundle", bundle, tmp_path / "images", "--out", tmp_path / "r", "--quiet"
-    )
+    report = anomaly("score-images", "--bundle", bundle, images, "--out", tmp_path / "r", "--quiet")
     assert report.returncode == 0, report.stderr
     assert "generator collapsed" in report.stderr
     assert "generator collapsed" in (tmp_path / "r" / "index.html").read_text()

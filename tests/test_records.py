@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -131,17 +130,3 @@ def test_any_json_object_gives_a_row_or_a_record_error(obj):
     else:
         assert all(type(v) in (int, float) for v in decoded.row)
         assert set(obj) <= set(NAMES) | {"id"}
-
-
-def test_decoding_costs_a_few_microseconds_per_record():
-    # kafka-python spends ~20-30 µs per record of its own; decoding must stay well below that.
-    names = [f"V{i}" for i in range(1, 29)] + ["Amount"]
-    decoder = RecordDecoder(names)
-    value = json.dumps({**{n: 0.123456789 * i for i, n in enumerate(names)}, "id": "tx-1"}).encode()
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(2000):
-            decoder.decode(value)
-        best = min(best, (time.perf_counter() - started) / 2000)
-    assert best < 15e-6, f"{best * 1e6:.1f} µs per record"

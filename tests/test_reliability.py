@@ -61,7 +61,7 @@ def test_broker_restart_mid_stream_is_survived_without_a_crash_loop(tiny_bundle,
 
 
 def test_broker_stall_longer_than_the_session_timeout(tiny_bundle, tmp_path):
-    outcome = broker_stall(tiny_bundle, tmp_path, rate=2000.0, stall_s=6.0, after_s=2.0)
+    outcome = broker_stall(tiny_bundle, tmp_path, rate=1000.0, stall_s=6.0, after_s=2.0)
     d = outcome.details
     assert d["alive_during_stall"] and d["exit_status"] == 0, explain(outcome)
     assert d["committed_kept"] and d["committed_records_delivered"], explain(outcome)
@@ -79,7 +79,7 @@ def test_sigkill_at_random_moments_loses_nothing(tiny_bundle, tmp_path):
 
 
 def test_a_member_joining_while_another_is_busy_kills_neither(tiny_bundle, tmp_path):
-    outcome = rebalance_under_load(tiny_bundle, tmp_path, rate=3000.0, after_s=2.0)
+    outcome = rebalance_under_load(tiny_bundle, tmp_path, rate=1000.0, after_s=2.0)
     d = outcome.details
     assert d["split"] and d["alive_after_rebalance"] == [True, True], explain(outcome)
     assert d["listener_errors_logged"] == 0, explain(outcome)
