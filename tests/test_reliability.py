@@ -31,7 +31,7 @@ from testsupport.reliability import (
     soak,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("broker_faults")]
 
 LONG = os.environ.get("ANOMALY_RELIABILITY_LONG") == "1"
 long_only = pytest.mark.skipif(not LONG, reason="long reliability run: ANOMALY_RELIABILITY_LONG=1")

@@ -35,7 +35,7 @@ from testsupport.kafka import (
     wait_until,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("broker_faults")]
 
 POISON = {
     "undecodable": b"\x00\xffnot json at all",
