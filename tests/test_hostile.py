@@ -94,7 +94,7 @@ SEEDS = {
     "x.dcm": _dicom(),
     "x.npz": _npz(),
     "x-idx3-ubyte": _idx(),
-    "x-idx3-ubyte.gz": gzip.compress(_idx()),
+    "x-idx3-ubyte.gz": gzip.compress(_idx(), mtime=0),
 }
 
 
@@ -147,7 +147,7 @@ def _npz_central_directory_patched(offset: int, value: int) -> bytes:
 
 
 def _gzip_corrupted() -> bytes:
-    data = bytearray(gzip.compress(_idx()))
+    data = bytearray(gzip.compress(_idx(), mtime=0))
     data[14] ^= 0xFF  # inside the deflate stream
     return bytes(data)
 
