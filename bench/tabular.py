@@ -12,9 +12,10 @@ sample's Amount is not log-transformed, for the detector or the anchors).
 
 Anchors (same split, a standard scaler fitted on the same 60 % part): IsolationForest (200
 trees), kNN (mean distance to the 5 nearest), PCA reconstruction (90 % variance), one-class
-SVM (nu 0.05, up to 5,000 rows) and a plain dense autoencoder built from the detector's own
+SVM (nu 0.05, up to 5,000 rows), a plain dense autoencoder built from the detector's own
 dense encoder/decoder (hidden 64-32, latent d/2, 15 epochs, batch 64, MSE, early stopping
-on a 15 % validation split), scored by its mean absolute reconstruction error.
+on a 15 % validation split), scored by its mean absolute reconstruction error, and PyOD's
+ECOD and COPOD at their defaults (``pip install -e '.[bench]'``).
 
     python bench/tabular.py                                   # everything, writes bench/out
     python bench/tabular.py --datasets fraud,cardio --detectors ganomaly,iforest --seeds 0
@@ -48,8 +49,25 @@ DATASETS = {
     "satimage-2": "tabular/31_satimage-2.npz",
     "shuttle": "tabular/32_shuttle.npz",
     "mnist-odds": "tabular/24_mnist.npz",
+    # the 16 ADBench "Classical" sets added to ../shared later (issue 21)
+    "breastw": "tabular/4_breastw.npz",
+    "fault": "tabular/12_fault.npz",
+    "glass": "tabular/14_glass.npz",
+    "ionosphere": "tabular/18_Ionosphere.npz",
+    "letter": "tabular/20_letter.npz",
+    "musk": "tabular/25_musk.npz",
+    "optdigits": "tabular/26_optdigits.npz",
+    "pageblocks": "tabular/27_PageBlocks.npz",
+    "pendigits": "tabular/28_pendigits.npz",
+    "pima": "tabular/29_Pima.npz",
+    "spambase": "tabular/35_SpamBase.npz",
+    "stamps": "tabular/37_Stamps.npz",
+    "vowels": "tabular/40_vowels.npz",
+    "waveform": "tabular/41_Waveform.npz",
+    "wilt": "tabular/44_Wilt.npz",
+    "yeast": "tabular/47_yeast.npz",
 }
-ANCHORS = ("iforest", "knn", "pca", "ocsvm", "dense_ae")
+ANCHORS = ("iforest", "knn", "pca", "ocsvm", "dense_ae", "ecod", "copod")
 
 
 def load(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +183,13 @@ def anchor_scores(kind: str, X_train: np.ndarray, X_test: np.ndarray, seed: int)
         return -OneClassSVM(gamma="scale", nu=0.05).fit(sub).score_samples(B)
     if kind == "dense_ae":
         return dense_autoencoder_scores(A, B, seed)
+    if kind in ("ecod", "copod"):
+        # PyOD (the `bench` extra): parameter-free empirical-copula detectors, ADBench's
+        # strongest cheap baselines on these sets
+        from pyod.models.copod import COPOD
+        from pyod.models.ecod import ECOD
+
+        return (ECOD() if kind == "ecod" else COPOD()).fit(A).decision_function(B)
     raise ValueError(kind)
 
 
@@ -177,7 +202,10 @@ def main() -> None:
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
     if args.summarise_only:
-        print(summarise(json.loads(args.out.read_text())["results"]))
+        results = json.loads(args.out.read_text())["results"]
+        print(summarise(results))
+        summary = args.out.with_name(args.out.stem + "_summary.json")
+        summary.write_text(json.dumps(standing(results)[1], indent=1) + "\n")
         return
     import keras
 
@@ -224,6 +252,84 @@ def _cell(rows: list[dict], metric: str) -> float:
     return float(np.mean([r[metric] for r in rows]))
 
 
+def _ranks(values: list[float]) -> list[float]:
+    """Rank 1 = highest; ties share the mean of their ranks."""
+    order = sorted(values, reverse=True)
+    return [float(np.mean([i + 1 for i, v in enumerate(order) if v == value])) for value in values]
+
+
+def standing(results: list[dict], detector: str = "ganomaly") -> tuple[list[str], dict]:
+    """Markdown lines and a summary dict: per set, ``detector``'s mean ROC-AUC against its
+    best anchor (the gap) and its rank among everything run; mean rank per detector."""
+    scores = [r for r in results if r["output"] == "score"]
+    detectors = list(dict.fromkeys(r["detector"] for r in scores))
+    datasets = [
+        ds
+        for ds in dict.fromkeys(r["dataset"] for r in scores)
+        if all(any((r["dataset"], r["detector"]) == (ds, d) for r in scores) for d in detectors)
+    ]
+
+    def mean_metric(metric: str, d: str) -> float:
+        """``d``'s mean over the sets of its mean over seeds."""
+        return float(
+            np.mean(
+                [
+                    _cell([r for r in scores if (r["dataset"], r["detector"]) == (ds, d)], metric)
+                    for ds in datasets
+                ]
+            )
+        )
+
+    auc = {
+        (ds, d): _cell([r for r in scores if (r["dataset"], r["detector"]) == (ds, d)], "roc_auc")
+        for ds in datasets
+        for d in detectors
+    }
+    ranks: dict[str, list[float]] = {d: [] for d in detectors}
+    lines = [
+        f"Where {detector} stands per set (ROC-AUC, mean over seeds; rank among all "
+        f"{len(detectors)}, 1 = best):",
+        "",
+        f"| dataset | {detector} | best anchor | its ROC-AUC | gap | rank |",
+        "|---|---|---|---|---|---|",
+    ]
+    within = 0
+    for ds in datasets:
+        for d, r in zip(detectors, _ranks([auc[ds, d] for d in detectors]), strict=True):
+            ranks[d].append(r)
+        anchors = [d for d in detectors if d != detector]
+        best = max(anchors, key=lambda d: auc[ds, d])
+        gap = auc[ds, detector] - auc[ds, best]
+        within += gap >= -0.01
+        lines.append(
+            f"| {ds} | {auc[ds, detector]:.3f} | {best} | {auc[ds, best]:.3f} | {gap:+.3f} "
+            f"| {ranks[detector][-1]:g} |"
+        )
+    mean_rank = {d: float(np.mean(v)) for d, v in ranks.items()}
+    lines += [
+        "",
+        f"{detector} within 0.01 ROC-AUC of the best anchor on {within} of {len(datasets)} sets.",
+        "",
+        "| | " + " | ".join(detectors) + " |",
+        "|---|" + "---|" * len(detectors),
+        "| mean ROC-AUC | "
+        + " | ".join(f"{np.mean([auc[ds, d] for ds in datasets]):.3f}" for d in detectors)
+        + " |",
+        "| mean AP | "
+        + " | ".join(f"{mean_metric('average_precision', d):.3f}" for d in detectors)
+        + " |",
+        "| mean rank | " + " | ".join(f"{mean_rank[d]:.2f}" for d in detectors) + " |",
+    ]
+    summary = {
+        "datasets": len(datasets),
+        "within_0.01_of_best_anchor": int(within),
+        "mean_rank": mean_rank,
+        "mean_roc_auc": {d: mean_metric("roc_auc", d) for d in detectors},
+        "mean_average_precision": {d: mean_metric("average_precision", d) for d in detectors},
+    }
+    return lines, summary
+
+
 def summarise(results: list[dict]) -> str:
     """Markdown: the detector's score vs every anchor, its components, seed spread, timing."""
     datasets = list(dict.fromkeys(r["dataset"] for r in results))
@@ -256,6 +362,8 @@ def summarise(results: list[dict]) -> str:
         )
         + " |"
     )
+    if "ganomaly" in detectors and len(detectors) > 1:
+        lines += ["", *standing(results)[0]]
     components = [
         o
         for o in dict.fromkeys(r["output"] for r in results if r["detector"] == "ganomaly")
