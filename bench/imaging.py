@@ -60,6 +60,7 @@ COMPONENTS = (
     "score",
     "encoder_knn",
     "discriminator_knn",
+    "texture_knn",
     "reconstruction",
     "latent",
     "discriminator",
