@@ -165,7 +165,7 @@ def _is_image_source(path: Path) -> bool:
     "--score-weights",
     default=None,
     help="GANomaly component weights (default encoder_knn=1,discriminator_knn=1, for images "
-    "also texture_knn=1, for records also encoder_svm=1; the residuals 0).",
+    "also texture_knn=1; the residuals and the records' encoder_svm 0).",
 )
 @click.option(
     "--bank-rows",

@@ -60,7 +60,7 @@ BANK_ROWS = (1024, 2048, 4096)
 
 def rescore(detector, weights: dict[str, float], validation: np.ndarray, test: np.ndarray):
     """Test scores with ``weights``, the normaliser and self-check refitted on validation."""
-    detector.weights = dict(weights)
+    detector.score_weights = dict(weights)
     normal = detector.fit_normaliser(validation)
     detector.self_check(validation, normal)
     return detector.decision_function(test)
