@@ -164,8 +164,8 @@ def _is_image_source(path: Path) -> bool:
 @click.option(
     "--score-weights",
     default=None,
-    help="GANomaly component weights (default encoder_knn=1,discriminator_knn=1, for images "
-    "also texture_knn=1; the residuals and the records' encoder_svm 0).",
+    help="GANomaly component weights (default encoder_knn=1,discriminator_knn=1; the residuals "
+    "and, for records, encoder_svm 0).",
 )
 @click.option(
     "--bank-rows",

@@ -60,7 +60,7 @@ COMPONENTS = (
     "score",
     "encoder_knn",
     "discriminator_knn",
-    "texture_knn",
+    "texture_knn",  # only bundles of the texture-bank trial (bench/results/imaging-texture)
     "reconstruction",
     "latent",
     "discriminator",
@@ -152,7 +152,8 @@ def detector_scores(
     shutil.rmtree(work)  # a bundle's memory banks take tens of MB; many runs add up
     if len(rows) != len(task.test):
         raise RuntimeError(f"scored {len(rows)} of {len(task.test)} test images")
-    return {c: np.array([float(r[c]) for r in rows]) for c in COMPONENTS}, train_s, score_s
+    columns = [c for c in COMPONENTS if c in rows[0]]
+    return {c: np.array([float(r[c]) for r in rows]) for c in columns}, train_s, score_s
 
 
 def as_float(images: np.ndarray) -> np.ndarray:

@@ -51,7 +51,6 @@ from detectors.training import (
 IMAGE_WEIGHTS = {
     "encoder_knn": 1.0,
     "discriminator_knn": 1.0,
-    "texture_knn": 1.0,
     "discriminator_map": 0.0,
     "reconstruction": 0.0,
     "latent": 0.0,
@@ -67,13 +66,6 @@ RECORD_WEIGHTS = {
 }
 RESIDUALS = ("reconstruction", "latent", "discriminator")
 BANKS = ("encoder_knn", "discriminator_knn")
-# Images (bank_views "invariant") add an orderless texture bank beside the two layout banks.
-# Added after seed-0 exploratory runs (bench/imaging_views.py): with the networks random or
-# trained, it lifted CIFAR-10 cat, automobile and frog by 0.03-0.10 and MNIST digits 1 and 9
-# by 0.03 / 0.00, and cost brain MRI 0.02 (trained) to 0.05 (random), whose layout banks
-# read the view confound of that set (every normal slice axial).
-TEXTURE = "texture_knn"
-IMAGE_BANKS = (*BANKS, TEXTURE)
 BOUNDARY = "encoder_svm"
 # The discriminator's anomaly map (images): mean of its top TOP_CELLS_FRACTION cells
 LOCAL_MAP = "discriminator_map"
@@ -192,15 +184,13 @@ class GANomaly(GANDetector):
       training records in the feature space of the trained encoder's first layer and of the
       discriminator's features (memory banks, the DN2 idea with the GAN's own networks as
       the backbone; see ``detectors.memory``);
-    - images, ``texture_knn``: the same for an orderless texture summary of both networks'
-      first two blocks (``networks.ChannelStatistics``);
     - records only, ``encoder_svm``: how far outside a one-class SVM boundary around the
       encoder bank's features a record falls (``detectors.memory.KernelBoundary``).
 
     ``score`` = weighted mean of the components, each robustly scaled by the median and IQR
     it has on the normal validation split; for images the three residuals are first
     corrected for input complexity. Default weights (``IMAGE_WEIGHTS`` / ``RECORD_WEIGHTS``):
-    images, the three bank distances; records, the two bank distances. Every
+    images and records, the two bank distances. Every
     component stays reported; ``score_weights`` changes the mix.
     """
 
@@ -208,9 +198,8 @@ class GANomaly(GANDetector):
     subnet_names = ("encoder", "decoder", "encoder2", "discriminator")
     score_formula = (
         "sum_i w_i * (c_i - median_i) / IQR_i / sum_i w_i; default weights: images "
-        "encoder_knn 1, discriminator_knn 1, texture_knn 1; records encoder_knn and "
-        "discriminator_knn 1 each; median and IQR fitted on the normal "
-        "validation split, image residuals corrected for input complexity"
+        "encoder_knn 1, discriminator_knn 1; records the same; median and IQR fitted on "
+        "the normal validation split, image residuals corrected for input complexity"
     )
 
     def __init__(
@@ -392,7 +381,7 @@ class GANomaly(GANDetector):
             disc = per_sample_mean(ops.square(real[1] - feat_fake))
             # bundles written before the anomaly map or the memory banks score without them
             local = [ops.sigmoid(real[2])] if self._has_local_map() else []
-            banks = self._bank_features(tuple(self.memory_))(inputs) if self.memory_ else []
+            banks = self._bank_features()(inputs) if self.memory_ else []
             self._scorer = keras.Model(
                 inputs, [x_hat, latent, disc, *local, *banks], name="ganomaly_scorer"
             )
@@ -401,22 +390,16 @@ class GANomaly(GANDetector):
     def _has_local_map(self) -> bool:
         return len(self.subnets_["discriminator"].outputs) > 2
 
-    def _bank_names(self) -> tuple[str, ...]:
-        """The banks a fit builds: records and raw-view images two, invariant images three."""
-        return IMAGE_BANKS if self.is_image and self.bank_views == "invariant" else BANKS
-
-    def _bank_features(self, names: tuple[str, ...]) -> keras.Model:
-        """Input -> the features of the banks ``names``, in that order.
+    def _bank_features(self) -> keras.Model:
+        """Input -> (encoder features, discriminator features) for the two memory banks.
 
         Images (``bank_views="invariant"``, the default): two views of the first (finest)
         convolutional block, average-pooled to at most an 8 x 8 grid, neither of which sees
         an image's overall exposure: the encoder's on the image standardised to zero mean and
         unit variance (the layout of light and dark), the discriminator's with each kernel's
-        mean removed (edges and texture only, blind to shading too); and the texture view:
-        the channel statistics of those two and of both networks' second blocks on the
-        standardised image, without their layout. ``"raw"``: the two layout banks on the raw
-        image (bundles written before the views). Deeper, coarser layers were measured to
-        separate the shared data's anomalies worse as layouts. Records: the encoder's first
+        mean removed (edges and texture only, blind to shading too). ``"raw"``: both blocks
+        on the raw image (bundles written before the views). Deeper, coarser layers were
+        measured to separate the shared data's anomalies worse. Records: the encoder's first
         hidden layer and the discriminator's feature-matching layer.
         """
         s = self.subnets_
@@ -427,45 +410,32 @@ class GANomaly(GANDetector):
             pool = keras.layers.AveragePooling2D(max(1, (side // 2) // 8))
             enc_tap = keras.Model(encoder.inputs, encoder.get_layer("encoder_act0").output)
             if self.bank_views == "invariant":
-                standardised = networks.InstanceStandardise()(inputs)
-                enc0 = enc_tap(standardised)
-                disc0 = networks.CentredConvTap(disc.get_layer("discriminator_conv0"))(inputs)
-                views = {"encoder_knn": pool(enc0), "discriminator_knn": pool(disc0)}
-                if TEXTURE in names:
-                    second = [
-                        keras.Model(net.inputs, net.get_layer(f"{net.name}_act1").output)
-                        for net in (encoder, disc)
-                    ]
-                    maps = [enc0, disc0, *(tap(standardised) for tap in second)]
-                    views[TEXTURE] = keras.layers.Concatenate()(
-                        [networks.ChannelStatistics()(m) for m in maps]
-                    )
+                outs = [
+                    pool(enc_tap(networks.InstanceStandardise()(inputs))),
+                    pool(networks.CentredConvTap(disc.get_layer("discriminator_conv0"))(inputs)),
+                ]
             else:
                 disc_tap = keras.Model(disc.inputs, disc.get_layer("discriminator_act0").output)
-                views = {
-                    "encoder_knn": pool(enc_tap(inputs)),
-                    "discriminator_knn": pool(disc_tap(inputs)),
-                }
+                outs = [pool(enc_tap(inputs)), pool(disc_tap(inputs))]
         else:
             tap = keras.Model(encoder.inputs, encoder.get_layer("encoder_act0").output)
-            views = {"encoder_knn": tap(inputs), "discriminator_knn": disc(inputs)[1]}
-        return keras.Model(inputs, [views[n] for n in names], name="bank_features")
+            outs = [tap(inputs), disc(inputs)[1]]
+        return keras.Model(inputs, outs, name="bank_features")
 
-    def _features_in_chunks(self, x_model: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:
-        model = self._bank_features(names)
+    def _features_in_chunks(self, x_model: np.ndarray) -> list[np.ndarray]:
+        model = self._bank_features()
         parts = []
         for c in iter_chunks(len(x_model)):
             padded, n = pad_to_bucket(x_model[c])
             out = model.predict_on_batch(padded)
             parts.append([np.asarray(o, np.float32)[:n] for o in out])
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(BANKS))]
 
     def _fit_memory(self, x_model: np.ndarray) -> None:
         """Memory banks of the training data's features (images: cosine, records: Euclidean);
         records also get the one-class boundary, fitted on the encoder bank's rows."""
         self.memory_ = {}
-        names = self._bank_names()
-        for name, features in zip(names, self._features_in_chunks(x_model, names), strict=True):
+        for name, features in zip(BANKS, self._features_in_chunks(x_model), strict=True):
             bank = MemoryBank(self.knn_k, self.is_image, self.bank_rows).fit(features, self.seed)
             self.memory_[name] = bank
         self.boundary_ = None
@@ -490,12 +460,7 @@ class GANomaly(GANDetector):
             bank_features[name] = feat = np.asarray(feat, np.float32)[:n]
             dist, nearest = self.memory_[name].neighbours(feat)
             extra[name] = dist
-            if name != TEXTURE:
-                maps[name] = self._difference_map(name, feat, nearest, x)
-        if TEXTURE in extra:
-            # an orderless view has no "where"; the edge-and-texture bank's map shows where the
-            # image's structure departs from its nearest normal image, the closest reading
-            maps[TEXTURE] = maps["discriminator_knn"]
+            maps[name] = self._difference_map(name, feat, nearest, x)
         if self.boundary_ is not None and "encoder_knn" in bank_features:
             # the boundary's own map would be a kernel gradient; the nearest normal record's
             # differences point at the same features and read more plainly
@@ -595,7 +560,7 @@ class GANomaly(GANDetector):
     def _load_extra(self, directory: Path) -> None:
         with np.load(directory / "latent.npz", allow_pickle=False) as latent:
             self.latent_mean_, self.latent_std_ = latent["mean"], latent["std"]
-        present = [n for n in IMAGE_BANKS if (directory / f"memory_{n}.npz").is_file()]
+        present = [n for n in BANKS if (directory / f"memory_{n}.npz").is_file()]
         self.memory_ = {n: MemoryBank.load(directory / f"memory_{n}.npz") for n in present}
         if not self.is_image:
             self.memory_rows_ = {}

@@ -187,19 +187,3 @@ class CentredConvTap(layers.Layer):
         kernel = kernel - ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
         y = ops.conv(x, kernel, strides=self.source.strides, padding=self.source.padding)
         return ops.leaky_relu(y, self.slope)
-
-
-class ChannelStatistics(layers.Layer):
-    """Per channel, the mean and standard deviation of a feature map over all its locations,
-    scaled to unit L2 norm per image.
-
-    The texture view of the memory banks: an orderless summary (what responses occur and how
-    much they vary, not where), so it compares colour and texture statistics that a
-    location-by-location distance misses when the same content sits elsewhere. The unit norm
-    gives every tapped layer the same say when several are concatenated, and, on an input
-    already made blind to exposure, keeps the view blind to it.
-    """
-
-    def call(self, x: keras.KerasTensor) -> keras.KerasTensor:
-        stats = ops.concatenate([ops.mean(x, axis=(1, 2)), ops.std(x, axis=(1, 2))], axis=-1)
-        return stats / (ops.sqrt(ops.sum(ops.square(stats), axis=-1, keepdims=True)) + 1e-12)

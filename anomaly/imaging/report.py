@@ -419,8 +419,7 @@ def _heatmap_scale(bundle: Any) -> dict[str, Any]:
     residual-only models keep the pixel-unit residual scale.
     """
     weights = bundle.manifest.get("score", {}).get("weights", {})
-    banks = ("encoder_knn", "discriminator_knn", "texture_knn", "discriminator_map")
-    if any(weights.get(n) for n in banks):
+    if any(weights.get(n) for n in ("encoder_knn", "discriminator_knn", "discriminator_map")):
         return {
             "heatmap_vmax": round(8.0 * max(float(bundle.threshold), 0.5), 3),
             "heatmap_caption": "score heatmap",
