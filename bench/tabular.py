@@ -313,7 +313,7 @@ def standing(results: list[dict], detector: str = "ganomaly") -> tuple[list[str]
         "| | " + " | ".join(detectors) + " |",
         "|---|" + "---|" * len(detectors),
         "| mean ROC-AUC | "
-        + " | ".join(f"{np.mean([auc[ds, d] for ds in datasets]):.3f}" for d in detectors)
+        + " | ".join(f"{mean_metric('roc_auc', d):.3f}" for d in detectors)
         + " |",
         "| mean AP | "
         + " | ".join(f"{mean_metric('average_precision', d):.3f}" for d in detectors)
