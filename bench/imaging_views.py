@@ -89,7 +89,8 @@ def _patch(train: np.ndarray, test: np.ndarray, rng: np.random.Generator) -> dic
     return {"max": d.max(axis=1), "top": np.sort(d, axis=1)[:, -k:].mean(axis=1)}
 
 
-def _taps(det):  # noqa: ANN001, ANN202 (a fitted GANomaly -> (keras.Model, names))
+def _taps(det):
+    """A fitted GANomaly -> (one keras.Model with every candidate tap, their names)."""
     import keras
 
     from detectors import networks

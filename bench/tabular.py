@@ -269,22 +269,15 @@ def standing(results: list[dict], detector: str = "ganomaly") -> tuple[list[str]
         if all(any((r["dataset"], r["detector"]) == (ds, d) for r in scores) for d in detectors)
     ]
 
+    def cell(ds: str, d: str, metric: str) -> float:
+        """``d``'s mean over seeds on ``ds``."""
+        return _cell([r for r in scores if (r["dataset"], r["detector"]) == (ds, d)], metric)
+
     def mean_metric(metric: str, d: str) -> float:
         """``d``'s mean over the sets of its mean over seeds."""
-        return float(
-            np.mean(
-                [
-                    _cell([r for r in scores if (r["dataset"], r["detector"]) == (ds, d)], metric)
-                    for ds in datasets
-                ]
-            )
-        )
+        return float(np.mean([cell(ds, d, metric) for ds in datasets]))
 
-    auc = {
-        (ds, d): _cell([r for r in scores if (r["dataset"], r["detector"]) == (ds, d)], "roc_auc")
-        for ds in datasets
-        for d in detectors
-    }
+    auc = {(ds, d): cell(ds, d, "roc_auc") for ds in datasets for d in detectors}
     ranks: dict[str, list[float]] = {d: [] for d in detectors}
     lines = [
         f"Where {detector} stands per set (ROC-AUC, mean over seeds; rank among all "
