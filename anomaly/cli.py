@@ -12,11 +12,14 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from anomaly.errors import AnomalyError, InputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMAGE_SUFFIXES = (".idx", ".ubyte", ".gz")
 # Keras backends and the package each needs (torch is not a dependency of this project)
@@ -141,6 +144,21 @@ def _is_image_source(path: Path) -> bool:
 @click.option("--exclude", default=None, help="Comma-separated columns to leave out.")
 @click.option("--label-column", default="auto", show_default=True, help="'none' to disable.")
 @click.option("--id-column", default="auto", show_default=True)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Analyst verdicts (CSV or JSON lines: record_id, label) joined to DATA's rows by its "
+    "id column; they override the label column. Records only.",
+)
+@click.option(
+    "--learn-from-labels/--no-learn-from-labels",
+    default=True,
+    show_default=True,
+    help="Rows labelled as anomalies train GANomaly's label head, which votes beside the "
+    "banks; --no-learn-from-labels only leaves them out of training.",
+)
 @click.option("--log1p", "log1p", default=None, help="Columns to signed-log1p (e.g. Amount).")
 @click.option("--scaler", type=click.Choice(["standard", "robust"]), default="standard")
 @click.option(
@@ -241,6 +259,8 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
     images = opts["images"] or _is_image_source(data)
     if images and opts["holdout"]:
         raise AnomalyError("--holdout splits record files; for images, keep a folder aside")
+    if images and opts["labels_file"]:
+        raise AnomalyError("--labels joins verdicts to records; it does not apply to images")
     if images:
         from anomaly.imaging.readers import load_training_images
 
@@ -259,6 +279,12 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         )
         X, labels = table.X, table.labels
         _check_record_options(data, table.feature_names, opts)
+        extra["labels_source"] = f"column {table.label_column}" if labels is not None else None
+        if opts["labels_file"]:
+            labels = _verdict_labels(table, labels, opts["labels_file"])
+            extra["labels_source"] = " + ".join(
+                s for s in (extra["labels_source"], f"verdicts {opts['labels_file']}") if s
+            )
         if opts["holdout"]:
             keep = hold_out(data, opts["holdout_fraction"], opts["seed"], opts["holdout"])
             X, labels = X[keep], None if labels is None else labels[keep]
@@ -275,6 +301,7 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         out,
         schema,
         labels=labels,
+        learn_from_labels=opts["learn_from_labels"],
         detector=opts["detector"],
         detector_params=params,
         target_fpr=opts["target_fpr"],
@@ -288,6 +315,7 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         f"wrote bundle {bundle.path} ({bundle.detector_name}, version {bundle.model_version}); "
         f"threshold {bundle.threshold:.6g} at target FPR {opts['target_fpr']}"
     )
+    _report_labels(bundle.manifest["training"].get("labels", {}), opts["learn_from_labels"])
     n_calibration = int(bundle.manifest["training"]["n_calibration"])
     expected_above = n_calibration * opts["target_fpr"]
     if expected_above < MIN_CALIBRATION_EXCEEDANCES:
@@ -297,6 +325,59 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
             "rate on new normal data; train on more normal data, raise --target-fpr, or refit "
             "it with `anomaly threshold` on more normal data"
         )
+
+
+def _verdict_labels(table: Any, labels: np.ndarray | None, path: Path) -> np.ndarray:
+    """DATA's labels with the verdicts of ``path`` applied, matched by record id."""
+    import numpy as np
+
+    from anomaly.monitoring.scores import read_feedback_file
+
+    if table.id_column is None:
+        raise InputError(
+            str(table.path),
+            "--labels matches verdicts to rows by record id, and no id column was found "
+            "(name it with --id-column)",
+        )
+    feedback = read_feedback_file(path)
+    out = np.zeros(len(table.ids), np.int8) if labels is None else labels.astype(np.int8)
+    rows: dict[str, list[int]] = {}
+    for i, record_id in enumerate(table.ids):
+        rows.setdefault(record_id, []).append(i)
+    matched = [rid for rid in feedback.by_record if rid in rows]
+    for record_id in matched:
+        out[rows[record_id]] = feedback.by_record[record_id]
+    if feedback.by_alert:
+        _warn(
+            f"{len(feedback.by_alert)} verdict(s) in {path} name only an alert_id; training "
+            "matches rows by record_id, so they were not used"
+        )
+    unmatched = len(feedback.by_record) - len(matched)
+    if unmatched:
+        _warn(
+            f"{unmatched} of {len(feedback.by_record)} verdict(s) in {path} name no row of "
+            f"{table.path} (by its column {table.id_column!r})"
+        )
+    if not matched:
+        raise InputError(
+            str(path), f"no verdict names a row of {table.path} (by its column {table.id_column!r})"
+        )
+    return out
+
+
+def _report_labels(labels: dict[str, Any], learn: bool) -> None:
+    """One line on what the labelled anomalies did, when there were any."""
+    n = int(labels.get("anomalies") or 0)
+    if not n:
+        return
+    if labels.get("learned"):
+        click.echo(
+            f"learned from {n} labelled anomalies ({labels.get('source')}): the label head "
+            "votes beside the memory banks"
+        )
+    else:
+        why = "--no-learn-from-labels" if not learn else "this detector does not learn from them"
+        click.echo(f"left {n} labelled anomalies out of training ({why})")
 
 
 def _warn(message: str) -> None:

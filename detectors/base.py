@@ -118,12 +118,18 @@ class ScoreNormaliser:
     ``log c`` on ``log complexity(x)`` over the normal validation split and scores the
     residual of that fit: how much larger the error is than normal inputs of the same
     complexity produce.
+
+    ``one_sided`` components only ever raise a score (their z is clipped at 0): a head
+    learned from a few labelled anomalies knows those patterns, not what normal is, so it
+    adds evidence where it recognises one and stays silent elsewhere (on the shared tabular
+    sets, seed 0, its plain z lowered letter and fault below the banks alone).
     """
 
     weights: dict[str, float]
     centre: dict[str, float] = field(default_factory=dict)
     scale: dict[str, float] = field(default_factory=dict)
     complexity: dict[str, list[float]] = field(default_factory=dict)
+    one_sided: list[str] = field(default_factory=list)
 
     def adjusted(
         self, raw: dict[str, np.ndarray], complexity: np.ndarray | None = None
@@ -172,10 +178,11 @@ class ScoreNormaliser:
         self, raw: dict[str, np.ndarray], complexity: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         """Each weighted component on the robust z scale of normal data."""
-        return {
-            name: (values - self.centre[name]) / self.scale[name]
-            for name, values in self.adjusted(raw, complexity).items()
-        }
+        out = {}
+        for name, values in self.adjusted(raw, complexity).items():
+            z = (values - self.centre[name]) / self.scale[name]
+            out[name] = np.maximum(z, 0.0) if name in self.one_sided else z
+        return out
 
     def combine(
         self, raw: dict[str, np.ndarray], complexity: np.ndarray | None = None
@@ -193,6 +200,7 @@ class ScoreNormaliser:
             "centre": self.centre,
             "scale": self.scale,
             "complexity": self.complexity,
+            "one_sided": self.one_sided,
         }
 
     @classmethod
@@ -202,6 +210,7 @@ class ScoreNormaliser:
             centre=dict(data["centre"]),
             scale=dict(data["scale"]),
             complexity={k: list(v) for k, v in data.get("complexity", {}).items()},
+            one_sided=list(data.get("one_sided", [])),
         )
 
 
@@ -215,6 +224,16 @@ def input_complexity(x: np.ndarray) -> np.ndarray:
     dy = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2, 3))
     dx = np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3))
     return (dx + dy).astype(np.float32)
+
+
+def split_labelled(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(normal or unlabelled rows, confirmed anomalies) of ``X`` by ``y`` (1 = anomaly)."""
+    y = np.asarray(y).reshape(-1)
+    if len(y) != len(X):
+        raise ValueError(f"y has {len(y)} labels for {len(X)} rows")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y must hold 1 (confirmed anomaly) or 0 (normal or unlabelled)")
+    return X[y == 0], X[y == 1]
 
 
 def pad_to_bucket(x: np.ndarray) -> tuple[np.ndarray, int]:
@@ -253,6 +272,8 @@ class Detector:
     name = "detector"
     config_file = "detector.json"
     score_formula = ""
+    # whether ``fit(..., y=...)`` learns from labelled anomalies (else they are refused)
+    learns_from_labels = False
 
     def __init__(self) -> None:
         self.threshold_: float | None = None
@@ -318,7 +339,8 @@ class Detector:
         components = self._raw_in_chunks(X_normal)
         raw = components.raw()
         weights = {k: v for k, v in self.component_weights().items() if k in raw}
-        self.normaliser_ = ScoreNormaliser(weights=weights).fit(
+        one_sided = [n for n in self.supervised_components() if n in weights]
+        self.normaliser_ = ScoreNormaliser(weights=weights, one_sided=one_sided).fit(
             raw, components.complexity, correct=self.complexity_corrected()
         )
         return components
@@ -344,7 +366,9 @@ class Detector:
         result = {name: auroc(z_normal[name], z_broken[name]) for name in z_normal}
         weights = self.normaliser_.weights
         events, left_out = [], []
-        for name in [n for n, w in weights.items() if w and result[n] < 0.5]:
+        # a component learned from labels is judged by them, not by synthetic corruptions
+        checked = [n for n in weights if n not in self.supervised_components()]
+        for name in [n for n in checked if weights[n] and result[n] < 0.5]:
             if sum(1 for w in weights.values() if w) > 1:
                 weights[name] = 0.0
                 events.append("component_inverted")
@@ -375,6 +399,10 @@ class Detector:
 
     def complexity_corrected(self) -> tuple[str, ...]:
         """Components whose complexity bias the normaliser removes (none by default)."""
+        return ()
+
+    def supervised_components(self) -> tuple[str, ...]:
+        """Components learned from labelled anomalies (none by default)."""
         return ()
 
     def fit_threshold(
@@ -502,18 +530,30 @@ class GANDetector(Detector):
         X: np.ndarray,
         validation: np.ndarray | None = None,
         epochs: int | None = None,
+        *,
+        y: np.ndarray | None = None,
     ) -> GANDetector:
         """Train on normal data, then, on the normal validation split (a seeded split of X when
         none is given): the score normaliser, the label-free self-check and the threshold
         (PyOD: ``threshold_``, ``decision_scores_``, ``labels_``). ``epochs`` 0 keeps the
-        random initial weights."""
+        random initial weights.
+
+        ``y`` (semi-supervised, as PyOD's XGBOD takes it): 1 marks a confirmed anomaly among
+        the rows of ``X``, 0 a normal or unlabelled row. The anomalies never reach the
+        networks, the banks, the validation split or the threshold; they train the label
+        head (``_fit_label_head``) once the networks are fitted."""
         X = np.asarray(X, dtype=np.float32)
+        anomalies = None
+        if y is not None:
+            X, anomalies = split_labelled(X, y)
         if self.variant not in ("auto", "dense", "conv"):
             raise ValueError(f"unknown {self.name} variant {self.variant!r}")
         if self.variant != "auto" and (self.variant == "conv") != (X.ndim == 4):
             raise ValueError(f"variant {self.variant!r} does not fit input of shape {X.shape}")
         X_model, val_model, validation = self._prepare_fit(X, validation)
         self._train(X_model, val_model, epochs)
+        if anomalies is not None and len(anomalies):
+            self._fit_label_head(X_model, self._to_model(self._check_input(anomalies)))
         normal = self.fit_normaliser(validation)
         self.self_check(validation, normal)
         self.fit_threshold(validation, normal=normal)
@@ -522,6 +562,10 @@ class GANDetector(Detector):
     def _train(self, X_model: np.ndarray, val_model: np.ndarray, epochs: int | None) -> None:
         """Train the networks on model-space data (validation: for early stopping only)."""
         raise NotImplementedError
+
+    def _fit_label_head(self, X_model: np.ndarray, anomalies_model: np.ndarray) -> None:
+        """Learn from labelled anomalies once the networks are trained (model space)."""
+        raise ValueError(f"{self.name} does not learn from labelled anomalies; use ganomaly")
 
     def _prepare_fit(
         self, X: np.ndarray, validation: np.ndarray | None

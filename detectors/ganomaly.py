@@ -27,6 +27,7 @@ from detectors.base import (
 )
 from detectors.losses import bce_with_logits, call_frozen, per_sample_mean
 from detectors.memory import KernelBoundary, MemoryBank, unit_rows
+from detectors.supervision import fit_head
 from detectors.synthetic import local_anomalies
 from detectors.training import (
     StabilityMonitor,
@@ -59,6 +60,7 @@ IMAGE_WEIGHTS = {
 RECORD_WEIGHTS = {
     "encoder_knn": 1.0,
     "discriminator_knn": 1.0,
+    "label_head": 1.0,
     "encoder_svm": 0.0,
     "reconstruction": 0.0,
     "latent": 0.0,
@@ -67,6 +69,9 @@ RECORD_WEIGHTS = {
 RESIDUALS = ("reconstruction", "latent", "discriminator")
 BANKS = ("encoder_knn", "discriminator_knn")
 BOUNDARY = "encoder_svm"
+# Records trained with labelled anomalies: the deviation head on the GAN's features
+# (detectors.supervision); it votes beside the banks
+LABEL_HEAD = "label_head"
 # The discriminator's anomaly map (images): mean of its top TOP_CELLS_FRACTION cells
 LOCAL_MAP = "discriminator_map"
 TOP_CELLS_FRACTION = 0.1
@@ -186,6 +191,9 @@ class GANomaly(GANDetector):
       the backbone; see ``detectors.memory``);
     - records only, ``encoder_svm``: how far outside a one-class SVM boundary around the
       encoder bank's features a record falls (``detectors.memory.KernelBoundary``).
+    - records trained with labelled anomalies (``fit(X, y=...)``), ``label_head``: DevNet's
+      deviation score on the features the banks read (``detectors.supervision``); it only
+      raises a score (one-sided), so anomalies unlike the labelled ones keep the banks' say.
 
     ``score`` = weighted mean of the components, each robustly scaled by the median and IQR
     it has on the normal validation split; for images the three residuals are first
@@ -196,10 +204,13 @@ class GANomaly(GANDetector):
 
     name = "ganomaly"
     subnet_names = ("encoder", "decoder", "encoder2", "discriminator")
+    # records: ``fit(..., y=...)`` trains the label head on the labelled anomalies
+    learns_from_labels = True
     score_formula = (
         "sum_i w_i * (c_i - median_i) / IQR_i / sum_i w_i; default weights: images "
-        "encoder_knn 1, discriminator_knn 1; records the same; median and IQR fitted on "
-        "the normal validation split, image residuals corrected for input complexity"
+        "encoder_knn 1, discriminator_knn 1; records the same, plus label_head 1 (its z "
+        "clipped at 0) when trained with labelled anomalies; median and IQR fitted on the "
+        "normal validation split, image residuals corrected for input complexity"
     )
 
     def __init__(
@@ -259,6 +270,7 @@ class GANomaly(GANDetector):
         self.memory_: dict[str, MemoryBank] = {}
         self.memory_rows_: dict[str, np.ndarray] = {}
         self.boundary_: KernelBoundary | None = None
+        self.label_head_: keras.Model | None = None
 
     def component_weights(self) -> dict[str, float]:
         if self.score_weights is None:
@@ -382,8 +394,9 @@ class GANomaly(GANDetector):
             # bundles written before the anomaly map or the memory banks score without them
             local = [ops.sigmoid(real[2])] if self._has_local_map() else []
             banks = self._bank_features()(inputs) if self.memory_ else []
+            head = [self.label_head_([inputs, *banks])] if self.label_head_ is not None else []
             self._scorer = keras.Model(
-                inputs, [x_hat, latent, disc, *local, *banks], name="ganomaly_scorer"
+                inputs, [x_hat, latent, disc, *local, *banks, *head], name="ganomaly_scorer"
             )
         return self._scorer
 
@@ -431,6 +444,20 @@ class GANomaly(GANDetector):
             parts.append([np.asarray(o, np.float32)[:n] for o in out])
         return [np.concatenate([p[i] for p in parts]) for i in range(len(BANKS))]
 
+    def _fit_label_head(self, X_model: np.ndarray, anomalies_model: np.ndarray) -> None:
+        """The deviation head (``detectors.supervision``) on what the banks read — the record,
+        the encoder's first layer, the discriminator's features — of the training rows and
+        the labelled anomalies; the networks and banks stay as trained."""
+        if self.is_image:
+            raise ValueError("learning from labelled anomalies is for records, not images")
+        normal = [X_model, *self._features_in_chunks(X_model)]
+        anomalies = [anomalies_model, *self._features_in_chunks(anomalies_model)]
+        self.label_head_ = fit_head(normal, anomalies, self.seed)
+        self._scorer = None
+        self.training_log_.append(
+            {"phase": "label_head", "anomalies": len(anomalies_model), "normal_rows": len(X_model)}
+        )
+
     def _fit_memory(self, x_model: np.ndarray) -> None:
         """Memory banks of the training data's features (images: cosine, records: Euclidean);
         records also get the one-class boundary, fitted on the encoder bank's rows."""
@@ -448,6 +475,7 @@ class GANomaly(GANDetector):
         x_model = self._to_model(x)
         padded, n = pad_to_bucket(x_model)
         x_hat, latent, disc, *features = self._scoring_model().predict_on_batch(padded)
+        head = features.pop() if self.label_head_ is not None else None
         x_hat = self._from_model(np.asarray(x_hat, dtype=np.float32)[:n])
         residual = np.abs(x - x_hat)
         extra, maps = {}, {"reconstruction": residual}
@@ -466,6 +494,9 @@ class GANomaly(GANDetector):
             # differences point at the same features and read more plainly
             extra[BOUNDARY] = self.boundary_.distance(bank_features["encoder_knn"])
             maps[BOUNDARY] = maps["encoder_knn"]
+        if head is not None:
+            extra[LABEL_HEAD] = np.asarray(head, np.float32)[:n, 0]
+            maps[LABEL_HEAD] = maps["encoder_knn"]
         return ScoreComponents(
             score=np.zeros(n, np.float32),
             reconstruction=residual.reshape(n, -1).mean(axis=1),
@@ -530,7 +561,19 @@ class GANomaly(GANDetector):
     def component_names(self) -> list[str]:
         boundary = [BOUNDARY] if self.boundary_ is not None else []
         local = [LOCAL_MAP] if self._has_local_map() else []
-        return ["reconstruction", "discriminator", "latent", *local, *self.memory_, *boundary]
+        head = [LABEL_HEAD] if self.label_head_ is not None else []
+        return [
+            "reconstruction",
+            "discriminator",
+            "latent",
+            *local,
+            *self.memory_,
+            *boundary,
+            *head,
+        ]
+
+    def supervised_components(self) -> tuple[str, ...]:
+        return (LABEL_HEAD,) if self.label_head_ is not None else ()
 
     def complexity_corrected(self) -> tuple[str, ...]:
         return RESIDUALS if self.is_image else ()
@@ -555,6 +598,9 @@ class GANomaly(GANDetector):
                 files.append(path)
         if self.boundary_ is not None:
             files.append(self.boundary_.save(directory / f"{BOUNDARY}.npz"))
+        if self.label_head_ is not None:
+            self.label_head_.save(directory / f"{LABEL_HEAD}.keras")
+            files.append(directory / f"{LABEL_HEAD}.keras")
         return files
 
     def _load_extra(self, directory: Path) -> None:
@@ -569,6 +615,10 @@ class GANomaly(GANDetector):
                     self.memory_rows_[name] = rows["rows"]
         boundary = directory / f"{BOUNDARY}.npz"
         self.boundary_ = KernelBoundary.load(boundary) if boundary.is_file() else None
+        head = directory / f"{LABEL_HEAD}.keras"
+        self.label_head_ = (
+            keras.saving.load_model(head, safe_mode=True, compile=False) if head.is_file() else None
+        )
 
     @classmethod
     def load(cls, directory: str | Path, state: dict[str, Any]) -> GANomaly:

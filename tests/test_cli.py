@@ -121,6 +121,7 @@ def test_score_writes_components_and_top_features(trained, files, tmp_path, suff
             "encoder_knn",
             "discriminator_knn",
             "encoder_svm",
+            "label_head",  # the training file's labelled anomalies trained it
             "is_anomaly",
             "top_features",
         }

@@ -58,6 +58,12 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
         f"{training.get('epochs_run')} epochs, {training.get('seconds')} s, "
         f"seed {training.get('seed')}"
     )
+    labels = training.get("labels") or {}
+    if labels.get("anomalies"):
+        use = "learned by the label head" if labels.get("learned") else "left out of training"
+        lines.append(
+            f"labels       {labels['anomalies']} labelled anomalies ({labels.get('source')}), {use}"
+        )
     log = training.get("log", [])
     events = stability_events(log)
     lines.append(f"stability    {', '.join(events) if events else 'no warnings'}")

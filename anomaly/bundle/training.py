@@ -2,7 +2,9 @@
 
 The normal rows are split three ways, seeded: train (fits the scaler and the networks),
 validation (early stopping and the score normalisation), calibration (the initial threshold
-at a target false-positive rate). Labels, when present, only remove anomalies from training.
+at a target false-positive rate). Rows labelled as anomalies never enter any of the three;
+GANomaly learns from them (its label head, ``detectors.supervision``), other detectors
+leave them out.
 The bundle also keeps the binned distribution of the features and calibration scores, the
 reference ``anomaly drift`` and the service's drift gauges compare live data with.
 """
@@ -48,6 +50,13 @@ def _check_devices(devices: int | str, batch_size: int) -> int:
         raise AnomalyError(f"--devices {devices}: {exc}") from None
 
 
+def learns_from_labels(kind: str) -> bool:
+    """Whether detector ``kind`` can learn from labelled anomalies (GANomaly's label head)."""
+    from detectors import DETECTORS
+
+    return bool(getattr(DETECTORS.get(kind), "learns_from_labels", False))
+
+
 def make_detector(kind: str, params: dict[str, Any]) -> Any:
     from detectors import DETECTORS
 
@@ -62,6 +71,8 @@ def train_bundle(
     schema: Schema,
     *,
     labels: np.ndarray | None = None,
+    learn_from_labels: bool = True,
+    labels_source: str | None = None,
     detector: str = "ganomaly",
     detector_params: dict[str, Any] | None = None,
     log1p_columns: list[str] | tuple[str, ...] = (),
@@ -78,15 +89,29 @@ def train_bundle(
     """Fit on the normal rows of ``X`` (original units / images in [0, 1]); write a bundle.
 
     ``devices``: train data-parallel on that many devices (or ``"all"``; JAX backend only);
-    the bundle is the same as a one-device run's.
+    the bundle is the same as a one-device run's. ``labels``: 1 = confirmed anomaly, 0 =
+    normal or unlabelled; with ``learn_from_labels`` a detector that can learns from the
+    anomalies (``labels_source`` says where the labels came from, for the manifest).
     """
     n_devices = _check_devices(devices, int((detector_params or {}).get("batch_size", 64)))
     X = np.asarray(X)
+    anomalies = X[:0]
     if labels is not None:
         labels = np.asarray(labels).astype(int)
-        n_dropped = int((labels != 0).sum())
-        X = X[labels == 0]
-        log.info("training on %d normal rows (%d labelled anomalies left out)", len(X), n_dropped)
+        X, anomalies = X[labels == 0], X[labels == 1]
+    learned = (
+        bool(len(anomalies))
+        and learn_from_labels
+        and schema.kind == "tabular"
+        and learns_from_labels(detector)
+    )
+    if len(anomalies):
+        log.info(
+            "training on %d normal rows; %d labelled anomalies %s",
+            len(X),
+            len(anomalies),
+            "train the label head" if learned else "left out",
+        )
     train_idx, val_idx, cal_idx = split_normal(
         len(X), validation_fraction, calibration_fraction, seed
     )
@@ -103,7 +128,12 @@ def train_bundle(
     params = {"seed": seed, **(detector_params or {}), "devices": n_devices}
     model = make_detector(detector, params)
     started = time.perf_counter()
-    model.fit(to_model(X[train_idx]), validation=to_model(X[val_idx]))
+    if learned:
+        fit_rows = np.concatenate([X[train_idx], anomalies])
+        y = np.r_[np.zeros(len(train_idx), np.int8), np.ones(len(anomalies), np.int8)]
+        model.fit(to_model(fit_rows), validation=to_model(X[val_idx]), y=y)
+    else:
+        model.fit(to_model(X[train_idx]), validation=to_model(X[val_idx]))
     seconds = time.perf_counter() - started
 
     calibration = to_model(X[cal_idx])
@@ -119,6 +149,11 @@ def train_bundle(
         "n_train": int(len(train_idx)),
         "n_validation": int(len(val_idx)),
         "n_calibration": int(len(cal_idx)),
+        "labels": {
+            "anomalies": int(len(anomalies)),
+            "learned": learned,
+            "source": labels_source,
+        },
         "seconds": round(seconds, 2),
         "keras_backend": keras.backend.backend(),
         "epochs_run": sum(1 for e in model.training_log_ if "phase" not in e),

@@ -27,6 +27,9 @@ class Table:
     labels: np.ndarray | None
     # rows left out by ``skip_bad_rows``: each one's InputError (file, row, problem)
     skipped: list[InputError] = field(default_factory=list)
+    # the column ``ids`` come from (None: they are row numbers), and the labels' column
+    id_column: str | None = None
+    label_column: str | None = None
 
 
 def read_table(
@@ -86,7 +89,7 @@ def read_table(
         raise InputError(str(path), "no data rows")
     labels = None if labels is None else labels[:kept]
     skipped = sorted(skipped or [], key=lambda e: e.row or 0)  # file order, for the reader
-    return Table(path, names, X[:kept], ids, labels, skipped)
+    return Table(path, names, X[:kept], ids, labels, skipped, id_col, label)
 
 
 def hold_out(path: str | Path, fraction: float, seed: int | None, out: str | Path) -> np.ndarray:
@@ -272,4 +275,4 @@ def _read_npz(
         raise InputError(str(path), f"column {selected[col]!r} is NaN/inf", int(row) + 1)
     labels = None if y is None else np.asarray(y).astype(np.int8).ravel()
     ids = [str(i + 1) for i in range(len(X))]
-    return Table(path, selected, X, ids, labels)
+    return Table(path, selected, X, ids, labels, label_column=None if y is None else "y")
