@@ -127,7 +127,7 @@ def _is_image_source(path: Path) -> bool:
 
 
 @main.command()
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="New bundle dir.")
 @click.option("--detector", type=click.Choice(["ganomaly", "anogan"]), default="ganomaly")
 @click.option("--images", is_flag=True, help="DATA is an image folder / IDX / NPZ of images.")
@@ -224,16 +224,48 @@ def _is_image_source(path: Path) -> bool:
     show_default=True,
     help="Share of DATA's rows that --holdout keeps out of training.",
 )
+@click.option(
+    "--from-topic",
+    default=None,
+    help="Instead of DATA: retrain on the records of this input topic that serve scored "
+    "(needs --parent and --bootstrap-servers).",
+)
+@click.option(
+    "--parent",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="--from-topic: the live bundle (its schema, preprocessing, threshold and lineage).",
+)
+@click.option("--bootstrap-servers", default=None, help="Kafka for --from-topic/--feedback-topic.")
+@click.option("--since", default=None, help="--from-topic: only records of the last 24h / 7d.")
+@click.option(
+    "--last", type=click.IntRange(min=1), default=None, help="--from-topic: last N per partition."
+)
+@click.option(
+    "--feedback-topic",
+    default=None,
+    help="--from-topic: analysts' verdicts from this topic (alert_id or record_id, label).",
+)
+@click.option(
+    "--keep-alerts",
+    is_flag=True,
+    help="--from-topic: also train on records above the live threshold that no verdict "
+    "confirmed (left out by default).",
+)
+@click.option(
+    "--extra-fields",
+    default=None,
+    help="--from-topic: non-feature record fields to tolerate (serve's --extra-fields).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
-    """Train a detector on normal data and write a model bundle."""
+def train(data: Path | None, out: Path, backend: str | None, **opts: Any) -> None:
+    """Train a detector on normal data (DATA, or --from-topic) and write a model bundle."""
     if backend:
         if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != backend:
             raise AnomalyError("--backend must be chosen before Keras is loaded")
         _check_backend(backend)
         os.environ["KERAS_BACKEND"] = backend
     from anomaly.bundle.bundle import require_new_bundle_dir
-    from anomaly.bundle.schema import Schema
 
     require_new_bundle_dir(out)  # before minutes of training, not after
 
@@ -254,6 +286,106 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
         params["bank_rows"] = opts["bank_rows"]
         if opts["score_weights"]:
             params["score_weights"] = _weights(opts["score_weights"])
+    if opts["from_topic"]:
+        X, labels, schema, extra = _topic_inputs(data, opts)
+        source = f"topic {opts['from_topic']}"
+    elif data is None:
+        raise AnomalyError("give DATA, or --from-topic TOPIC with --parent BUNDLE")
+    else:
+        X, labels, schema, extra = _file_inputs(data, opts)
+        source = str(data)
+    from anomaly.bundle.training import train_bundle
+
+    bundle = train_bundle(
+        X,
+        out,
+        schema,
+        labels=labels,
+        learn_from_labels=opts["learn_from_labels"],
+        detector=opts["detector"],
+        detector_params=params,
+        target_fpr=opts["target_fpr"],
+        seed=opts["seed"],
+        name=opts["name"],
+        source=source,
+        devices=opts["devices"],
+        **extra,
+    )
+    click.echo(
+        f"wrote bundle {bundle.path} ({bundle.detector_name}, version {bundle.model_version}); "
+        f"threshold {bundle.threshold:.6g} at target FPR {opts['target_fpr']}"
+    )
+    _report_labels(bundle.manifest["training"].get("labels", {}), opts["learn_from_labels"])
+    n_calibration = int(bundle.manifest["training"]["n_calibration"])
+    expected_above = n_calibration * opts["target_fpr"]
+    if expected_above < MIN_CALIBRATION_EXCEEDANCES:
+        _warn(
+            f"the threshold rests on {expected_above:.2g} of {n_calibration} calibration "
+            f"rows above it (target FPR {opts['target_fpr']:g}): expect a different alert "
+            "rate on new normal data; train on more normal data, raise --target-fpr, or refit "
+            "it with `anomaly threshold` on more normal data"
+        )
+
+
+TOPIC_ONLY = ("parent", "since", "last", "feedback_topic", "keep_alerts", "extra_fields")
+FILE_ONLY = ("images", "holdout", "features", "exclude")
+
+
+def _topic_inputs(data: Path | None, opts: dict[str, Any]) -> tuple[Any, Any, Any, dict]:
+    """Rows, labels, schema and train_bundle extras for a retrain from the input topic."""
+    from anomaly.bundle.describe import describe_lineage
+    from anomaly.bundle.schema import Schema
+    from anomaly.monitoring.refit import read_feedback
+    from anomaly.monitoring.retrain import read_retrain_window
+    from anomaly.monitoring.scores import parse_duration
+
+    if data is not None:
+        raise AnomalyError("give DATA or --from-topic, not both")
+    if not opts["parent"] or not opts["bootstrap_servers"]:
+        raise AnomalyError(
+            "--from-topic needs --parent (the live bundle: its schema, preprocessing and "
+            "threshold) and --bootstrap-servers"
+        )
+    given = [f"--{k.replace('_', '-')}" for k in FILE_ONLY if opts[k]]
+    if given:
+        raise AnomalyError(
+            f"{', '.join(given)}: not with --from-topic (the live bundle fixes the features)"
+        )
+    parent = _load_bundle(opts["parent"])
+    if parent.schema.kind != "tabular":
+        raise AnomalyError(f"--parent {opts['parent']}: --from-topic retrains record bundles")
+    _quiet_kafka()
+    bootstrap = opts["bootstrap_servers"]
+    feedback = read_feedback(opts["labels_file"], opts["feedback_topic"], bootstrap)
+    window = read_retrain_window(
+        bootstrap,
+        opts["from_topic"],
+        parent,
+        last=opts["last"],
+        since_s=parse_duration(opts["since"]) if opts["since"] else None,
+        feedback=feedback,
+        keep_alerts=opts["keep_alerts"],
+        extra_fields=tuple(_csv_list(opts["extra_fields"]) or ()),
+    )
+    click.echo(describe_lineage(window.lineage))
+    prep = parent.manifest["preprocessing"]
+    sources = [f"verdicts {s}" for s in (opts["labels_file"], opts["feedback_topic"]) if s]
+    extra = {
+        "log1p_columns": _csv_list(opts["log1p"]) or prep.get("log1p_columns", []),
+        "scaler": prep.get("scaler", opts["scaler"]),
+        "labels_source": " + ".join(sources) or None,
+        "lineage": window.lineage,
+    }
+    return window.X, window.labels, Schema.tabular(parent.schema.feature_names), extra
+
+
+def _file_inputs(data: Path, opts: dict[str, Any]) -> tuple[Any, Any, Any, dict]:
+    """Rows (or images), labels, schema and train_bundle extras for DATA."""
+    from anomaly.bundle.schema import Schema
+
+    given = [f"--{k.replace('_', '-')}" for k in TOPIC_ONLY if opts[k]]
+    if given:
+        raise AnomalyError(f"{', '.join(given)}: only with --from-topic")
     labels = None
     extra: dict[str, Any] = {}
     images = opts["images"] or _is_image_source(data)
@@ -294,37 +426,7 @@ def train(data: Path, out: Path, backend: str | None, **opts: Any) -> None:
             )
         schema = Schema.tabular(table.feature_names)
         extra.update(log1p_columns=_csv_list(opts["log1p"]), scaler=opts["scaler"])
-    from anomaly.bundle.training import train_bundle
-
-    bundle = train_bundle(
-        X,
-        out,
-        schema,
-        labels=labels,
-        learn_from_labels=opts["learn_from_labels"],
-        detector=opts["detector"],
-        detector_params=params,
-        target_fpr=opts["target_fpr"],
-        seed=opts["seed"],
-        name=opts["name"],
-        source=str(data),
-        devices=opts["devices"],
-        **extra,
-    )
-    click.echo(
-        f"wrote bundle {bundle.path} ({bundle.detector_name}, version {bundle.model_version}); "
-        f"threshold {bundle.threshold:.6g} at target FPR {opts['target_fpr']}"
-    )
-    _report_labels(bundle.manifest["training"].get("labels", {}), opts["learn_from_labels"])
-    n_calibration = int(bundle.manifest["training"]["n_calibration"])
-    expected_above = n_calibration * opts["target_fpr"]
-    if expected_above < MIN_CALIBRATION_EXCEEDANCES:
-        _warn(
-            f"the threshold rests on {expected_above:.2g} of {n_calibration} calibration "
-            f"rows above it (target FPR {opts['target_fpr']:g}): expect a different alert "
-            "rate on new normal data; train on more normal data, raise --target-fpr, or refit "
-            "it with `anomaly threshold` on more normal data"
-        )
+    return X, labels, schema, extra
 
 
 def _verdict_labels(table: Any, labels: np.ndarray | None, path: Path) -> np.ndarray:

@@ -64,6 +64,8 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
         lines.append(
             f"labels       {labels['anomalies']} labelled anomalies ({labels.get('source')}), {use}"
         )
+    if training.get("lineage"):
+        lines.append(f"lineage      {describe_lineage(training['lineage'])}")
     log = training.get("log", [])
     events = stability_events(log)
     lines.append(f"stability    {', '.join(events) if events else 'no warnings'}")
@@ -89,3 +91,18 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
         )
     lines.append(f"files        {len(manifest.get('files', {}))} (sha256 verified on load)")
     return "\n".join(lines)
+
+
+def describe_lineage(lineage: dict[str, Any]) -> str:
+    """One line on where a retrained bundle's data came from."""
+    parent = lineage["parent"]
+    verdicts = lineage["verdicts"]
+    refused = sum(lineage["undecodable"].values())
+    left_out = lineage["above_threshold_left_out"]
+    return (
+        f"from topic {lineage['topic']} ({lineage['records_read']} records, offsets "
+        f"{lineage['offsets']}), parent {parent['name']} {parent['version']} at threshold "
+        f"v{parent['threshold_version']}; {verdicts['anomalies']} confirmed anomalies, "
+        f"{verdicts['normals']} confirmed normals; {left_out} unconfirmed alerts and "
+        f"{refused} undecodable records left out"
+    )

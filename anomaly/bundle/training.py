@@ -73,6 +73,7 @@ def train_bundle(
     labels: np.ndarray | None = None,
     learn_from_labels: bool = True,
     labels_source: str | None = None,
+    lineage: dict[str, Any] | None = None,
     detector: str = "ganomaly",
     detector_params: dict[str, Any] | None = None,
     log1p_columns: list[str] | tuple[str, ...] = (),
@@ -92,6 +93,7 @@ def train_bundle(
     the bundle is the same as a one-device run's. ``labels``: 1 = confirmed anomaly, 0 =
     normal or unlabelled; with ``learn_from_labels`` a detector that can learns from the
     anomalies (``labels_source`` says where the labels came from, for the manifest).
+    ``lineage``: where a retrain's rows came from (``anomaly.monitoring.retrain``).
     """
     n_devices = _check_devices(devices, int((detector_params or {}).get("batch_size", 64)))
     X = np.asarray(X)
@@ -154,6 +156,7 @@ def train_bundle(
             "learned": learned,
             "source": labels_source,
         },
+        **({"lineage": lineage} if lineage else {}),
         "seconds": round(seconds, 2),
         "keras_backend": keras.backend.backend(),
         "epochs_run": sum(1 for e in model.training_log_ if "phase" not in e),

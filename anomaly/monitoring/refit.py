@@ -53,13 +53,7 @@ def read_window(bundle: Any, opts: dict[str, Any]) -> ScoreWindow:
     bootstrap = opts.get("bootstrap_servers")
     if (opts.get("from_topic") or opts.get("feedback_topic")) and not bootstrap:
         raise AnomalyError("--from-topic and --feedback-topic need --bootstrap-servers")
-    feedback = Feedback()
-    if opts.get("feedback_file"):
-        read_feedback_file(opts["feedback_file"], feedback)
-    if opts.get("feedback_topic"):
-        topic_labels = read_feedback_topic(bootstrap, opts["feedback_topic"])
-        feedback.by_alert.update(topic_labels.by_alert)
-        feedback.by_record.update(topic_labels.by_record)
+    feedback = read_feedback(opts.get("feedback_file"), opts.get("feedback_topic"), bootstrap)
     if opts.get("from_topic"):
         topic = opts["from_topic"]
         messages = [m for _, m in read_topic(bootstrap, topic, last=opts.get("last"))]
@@ -76,6 +70,18 @@ def read_window(bundle: Any, opts: dict[str, Any]) -> ScoreWindow:
         since_s=since,
         last=opts.get("last"),
     )
+
+
+def read_feedback(path: Path | None, topic: str | None, bootstrap: str | None) -> Feedback:
+    """Analysts' verdicts from a file and / or a topic (the topic's win on the same id)."""
+    feedback = Feedback()
+    if path:
+        read_feedback_file(path, feedback)
+    if topic:
+        topic_labels = read_feedback_topic(bootstrap, topic)
+        feedback.by_alert.update(topic_labels.by_alert)
+        feedback.by_record.update(topic_labels.by_record)
+    return feedback
 
 
 def from_window(window: ScoreWindow, method: str) -> RefitInputs:
