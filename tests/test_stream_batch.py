@@ -6,7 +6,79 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from anomaly.stream.alerts import AlertBuilder, Source, encode
 from detectors.memory import MemoryBank
+
+FEATURES = [f"V{i}" for i in range(12)]
+COMPONENTS = ("encoder_knn", "discriminator_knn", "reconstruction")
+
+
+def _batch(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    keys = [f"card-{i}".encode() if i % 4 else b"\xff\x00" + bytes([i % 256]) for i in range(n)]
+    keys[1] = None
+    # records of one batch share milliseconds; one has no timestamp
+    sources = [
+        Source("tx", i % 3, 100 + i, None if i == 2 else 1_700_000_000_000 + i // 7, keys[i])
+        for i in range(n)
+    ]
+    record_ids = [None if i % 5 == 0 else (i if i % 2 else f"tx-{i}") for i in range(n)]
+    scores = rng.normal(1.0, 1.0, n)
+    scores[3] = 1.5  # exactly the threshold: not an anomaly
+    columns = {name: rng.normal(size=n) for name in COMPONENTS}
+    contributions = rng.exponential(size=(n, len(FEATURES)))
+    contributions[::3, 2] = contributions[::3, 5]  # ties keep feature order
+    contributions[::11] = 0.0
+    fields = [{"V1": float(i), "merchant": f"m{i}", "id": i} for i in range(n)]
+    return sources, record_ids, scores, columns, contributions, fields
+
+
+@pytest.mark.parametrize("top", [0, 3, len(FEATURES)])
+def test_batch_alerts_are_the_per_record_alerts_byte_for_byte(top):
+    builder = AlertBuilder("fraud", "v1", FEATURES, alert_fields=["merchant"], top_features=top)
+    sources, ids, scores, columns, contributions, fields = _batch(60)
+    one_by_one = [
+        encode(
+            builder.alert(
+                sources[i],
+                ids[i],
+                fields[i],
+                float(scores[i]),
+                {name: float(col[i]) for name, col in columns.items()},
+                contributions[i],
+                1.5,
+                4,
+                1_700_000_000_999,
+            )
+        )
+        for i in range(len(sources))
+    ]
+    batch = builder.encode_alerts(
+        sources, ids, fields, scores, columns, contributions, 1.5, 4, 1_700_000_000_999
+    )
+    assert batch == one_by_one
+
+
+def test_batch_score_messages_are_the_per_record_messages_byte_for_byte():
+    builder = AlertBuilder("fraud", "v1", FEATURES)
+    sources, ids, scores, columns, _, _ = _batch(80, seed=1)
+    one_by_one = [
+        encode(
+            builder.score_message(
+                sources[i],
+                ids[i],
+                float(scores[i]),
+                {name: float(col[i]) for name, col in columns.items()},
+                1.5,
+                2,
+                1_700_000_000_500,
+            )
+        )
+        for i in range(len(sources))
+    ]
+    batch = builder.encode_score_messages(sources, ids, scores, columns, 1.5, 2, 1_700_000_000_500)
+    assert batch == one_by_one
+    assert builder.encode_score_messages([], [], np.empty(0), {}, 1.5, 2, 0) == []
 
 
 def _scan(bank: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

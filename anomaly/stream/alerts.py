@@ -10,8 +10,9 @@ only when named in the allow-list: a fraud alert must not leak a whole card reco
 from __future__ import annotations
 
 import base64
+import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -89,6 +90,8 @@ class AlertBuilder:
         threshold: float,
         threshold_version: int,
         scored_ms: int,
+        event_time: str | None,
+        scored_at: str | None,
     ) -> dict[str, Any]:
         key, key_encoding = encode_key(source.key)
         return {
@@ -103,15 +106,53 @@ class AlertBuilder:
                 "offset": source.offset,
             },
             "event_timestamp_ms": source.timestamp_ms,
-            "event_time": _iso(source.timestamp_ms),
+            "event_time": event_time,
             "scored_timestamp_ms": scored_ms,
-            "scored_at": _iso(scored_ms),
+            "scored_at": scored_at,
             "score": score,
             "components": dict(components),
             "threshold": threshold,
             "threshold_version": threshold_version,
             "model": self.model,
         }
+
+    def _batch(
+        self,
+        sources: Sequence[Source],
+        record_ids: Sequence[str | int | None],
+        scores: np.ndarray,
+        components: Mapping[str, np.ndarray],
+        threshold: float,
+        threshold_version: int,
+        scored_ms: int,
+    ) -> Iterator[dict[str, Any]]:
+        """The common part of each record's message, with what a batch shares computed once:
+        the scoring time, the components as Python floats, and each distinct event time
+        (records of one batch share milliseconds)."""
+        scored_at = _iso(scored_ms)
+        names = list(components)
+        columns = [np.asarray(components[name], dtype=np.float64).tolist() for name in names]
+        rows = zip(*columns, strict=True) if columns else itertools.repeat(())
+        event_times: dict[int | None, str | None] = {}
+        score_values = np.asarray(scores, dtype=np.float64).tolist()
+        for source, record_id, score, values in zip(
+            sources, record_ids, score_values, rows, strict=False
+        ):
+            stamp = source.timestamp_ms
+            event_time = event_times.get(stamp)
+            if event_time is None:
+                event_time = event_times[stamp] = _iso(stamp)
+            yield self._common(
+                source,
+                record_id,
+                score,
+                dict(zip(names, values, strict=True)),
+                threshold,
+                threshold_version,
+                scored_ms,
+                event_time,
+                scored_at,
+            )
 
     def alert(
         self,
@@ -127,11 +168,45 @@ class AlertBuilder:
     ) -> dict[str, Any]:
         """The alert for one anomalous record (a JSON-ready dict)."""
         message = self._common(
-            source, record_id, score, components, threshold, threshold_version, scored_ms
+            source,
+            record_id,
+            score,
+            components,
+            threshold,
+            threshold_version,
+            scored_ms,
+            _iso(source.timestamp_ms),
+            _iso(scored_ms),
         )
         message["top_features"] = self._top(contributions)
-        message["fields"] = {name: fields[name] for name in self.alert_fields if name in fields}
+        message["fields"] = self._fields(fields)
         return message
+
+    def encode_alerts(
+        self,
+        sources: Sequence[Source],
+        record_ids: Sequence[str | int | None],
+        fields: Sequence[Mapping[str, Any]],
+        scores: np.ndarray,
+        components: Mapping[str, np.ndarray],
+        contributions: np.ndarray,
+        threshold: float,
+        threshold_version: int,
+        scored_ms: int,
+    ) -> list[bytes]:
+        """A batch of anomalous records' alerts, encoded in one pass: the bytes ``encode``
+        gives for each ``alert``, with the shared parts and the top features computed once
+        for the batch (the stream's per-record Python cost)."""
+        common = self._batch(
+            sources, record_ids, scores, components, threshold, threshold_version, scored_ms
+        )
+        tops = self._top_rows(contributions, len(sources))
+        out = []
+        for message, top, record_fields in zip(common, tops, fields, strict=True):
+            message["top_features"] = top
+            message["fields"] = self._fields(record_fields)
+            out.append(orjson.dumps(message))
+        return out
 
     def score_message(
         self,
@@ -145,19 +220,68 @@ class AlertBuilder:
     ) -> dict[str, Any]:
         """The per-record score message for the optional scores topic."""
         message = self._common(
-            source, record_id, score, components, threshold, threshold_version, scored_ms
+            source,
+            record_id,
+            score,
+            components,
+            threshold,
+            threshold_version,
+            scored_ms,
+            _iso(source.timestamp_ms),
+            _iso(scored_ms),
         )
         message["is_anomaly"] = bool(exceeds(score, threshold))
         return message
 
+    def encode_score_messages(
+        self,
+        sources: Sequence[Source],
+        record_ids: Sequence[str | int | None],
+        scores: np.ndarray,
+        components: Mapping[str, np.ndarray],
+        threshold: float,
+        threshold_version: int,
+        scored_ms: int,
+    ) -> list[bytes]:
+        """A batch's score messages, encoded in one pass: the bytes ``encode`` gives for each
+        ``score_message``, at a fraction of the per-record Python cost."""
+        common = self._batch(
+            sources, record_ids, scores, components, threshold, threshold_version, scored_ms
+        )
+        flags = exceeds(scores, threshold).tolist()
+        out = []
+        for message, flag in zip(common, flags, strict=True):
+            message["is_anomaly"] = flag
+            out.append(orjson.dumps(message))
+        return out
+
+    def _fields(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return {name: fields[name] for name in self.alert_fields if name in fields}
+
     def _top(self, contributions: np.ndarray) -> list[dict[str, Any]]:
-        if self.top_features == 0:
-            return []
         flat = np.asarray(contributions, dtype=np.float64).ravel()
+        return self._top_rows(flat[None], 1)[0]
+
+    def _top_rows(self, contributions: np.ndarray, n: int) -> list[list[dict[str, Any]]]:
+        """The largest ``top_features`` contributions of each of ``n`` records, largest first
+        (ties in feature order)."""
+        if self.top_features == 0 or n == 0:
+            return [[] for _ in range(n)]
+        flat = np.asarray(contributions, dtype=np.float64).reshape(n, -1)
         k = self.top_features
-        idx = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
-        idx = idx[np.argsort(-flat[idx], kind="stable")]
-        return [{"feature": self.feature_names[i], "contribution": float(flat[i])} for i in idx]
+        if k < flat.shape[1]:
+            idx = np.argpartition(-flat, k - 1, axis=1)[:, :k]
+        else:
+            idx = np.broadcast_to(np.arange(flat.shape[1]), flat.shape)
+        values = np.take_along_axis(flat, idx, axis=1)
+        order = np.argsort(-values, axis=1, kind="stable")
+        idx = np.take_along_axis(idx, order, axis=1).tolist()
+        values = np.take_along_axis(values, order, axis=1).tolist()
+        names = self.feature_names
+        return [
+            [{"feature": names[i], "contribution": v} for i, v in zip(row, vals, strict=True)]
+            for row, vals in zip(idx, values, strict=True)
+        ]
 
 
 def encode(message: Mapping[str, Any]) -> bytes:

@@ -84,9 +84,9 @@ class Checkpoint:
             self.first_offsets.setdefault(tp, record.offset)
             self.records += 1
 
-    def add(self, future: Any) -> None:
-        """One output handed to the producer."""
-        self.futures.append(future)
+    def add(self, futures: Iterable[Any]) -> None:
+        """Outputs handed to the producer (their futures)."""
+        self.futures.extend(futures)
 
     def settled(self) -> bool:
         """Every output's future has completed (delivered or failed)."""

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from anomaly.errors import AnomalyError, RecordError
-from anomaly.stream.alerts import AlertBuilder, Source, encode
+from anomaly.stream.alerts import AlertBuilder, Source
 from anomaly.stream.config import ServeConfig
 from anomaly.stream.metrics import Metrics
 from anomaly.stream.records import RecordDecoder
@@ -27,7 +27,9 @@ STAGE_DECODE = b"VALUE_CONVERTER"
 STAGE_SCORE = b"TRANSFORMATION"
 HEADER_REASON = "anomaly.errors.reason"
 
-Send = Callable[[str, bytes | None, bytes | None, list[Any] | None], None]
+# One topic's outputs of a batch, handed over together: topic, keys, values, headers (or None).
+Keys = Sequence[bytes | None]
+Send = Callable[[str, Keys, Sequence[bytes | None], Sequence[list[Any]] | None], None]
 
 
 class Scorer(Protocol):
@@ -148,36 +150,34 @@ class BatchScorer:
         columns = {name: np.asarray(components.component(name), dtype=np.float64) for name in names}
         scored_ms = int(time.time() * 1000)
         anomalous = np.flatnonzero(finite & self.scorer.decide(scores))
-        for i in anomalous:
-            record = records[i]
-            message = self.alerts.alert(
-                _source(record),
-                decoded[i].record_id,
-                decoded[i].fields,
-                float(scores[i]),
-                {name: float(col[i]) for name, col in columns.items()},
-                components.contributions[i],
+        if anomalous.size:
+            chosen = [records[i] for i in anomalous]
+            values = self.alerts.encode_alerts(
+                [_source(record) for record in chosen],
+                [decoded[i].record_id for i in anomalous],
+                [decoded[i].fields for i in anomalous],
+                scores[anomalous],
+                {name: col[anomalous] for name, col in columns.items()},
+                np.asarray(components.contributions)[anomalous],
                 threshold,
                 version,
                 scored_ms,
             )
-            send(self.config.alert_topic, record.key, encode(message), None)
+            send(self.config.alert_topic, [record.key for record in chosen], values, None)
         self.metrics.alerts.inc(len(anomalous))
-        if self.config.scores_topic:
-            topic = self.config.scores_topic
-            score_message = self.alerts.score_message
-            for i in np.flatnonzero(finite):
-                record = records[i]
-                message = score_message(
-                    _source(record),
-                    decoded[i].record_id,
-                    float(scores[i]),
-                    {name: float(col[i]) for name, col in columns.items()},
-                    threshold,
-                    version,
-                    scored_ms,
-                )
-                send(topic, record.key, encode(message), None)
+        if self.config.scores_topic and scored:
+            kept = np.flatnonzero(finite)
+            chosen = records if scored == len(records) else [records[i] for i in kept]
+            values = self.alerts.encode_score_messages(
+                [_source(record) for record in chosen],
+                [decoded[i].record_id for i in kept],
+                scores[kept],
+                {name: col[kept] for name, col in columns.items()},
+                threshold,
+                version,
+                scored_ms,
+            )
+            send(self.config.scores_topic, [record.key for record in chosen], values, None)
             self.metrics.scores_published.inc(scored)
         stamps = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
         stamps = stamps[finite & (stamps >= 0)]
@@ -196,7 +196,7 @@ class BatchScorer:
             ("__connect.errors.exception.class.name", _class_name(error).encode()),
             ("__connect.errors.exception.message", str(error).encode()),
         ]
-        send(self.config.dlq_topic, record.key, record.value, headers)
+        send(self.config.dlq_topic, [record.key], [record.value], [headers])
         self.metrics.dead_lettered.labels(reason=error.reason).inc()
 
 

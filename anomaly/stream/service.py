@@ -24,7 +24,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -232,9 +232,13 @@ class StreamService:
         return None
 
     def _send(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[Any] | None
+        self,
+        topic: str,
+        keys: Sequence[bytes | None],
+        values: Sequence[bytes | None],
+        headers: Sequence[list[Any]] | None = None,
     ) -> None:
-        self.checkpoint.add(self.output.send(topic, key, value, headers))
+        self.checkpoint.add(self.output.send_many(topic, keys, values, headers))
 
     def _checkpoint(self) -> Result:
         return self.checkpoint.commit(self.output, self._consumer, self.config.flush_timeout_s)
