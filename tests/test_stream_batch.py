@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from anomaly.stream.alerts import AlertBuilder, Source, encode
+from anomaly.stream.config import ConfigError, load_serve_config
+from anomaly.stream.service import blas_threads
 from detectors.memory import MemoryBank
 
 FEATURES = [f"V{i}" for i in range(12)]
@@ -110,3 +113,28 @@ def test_bank_search_answers_exactly_as_the_full_scan(rows, width, duplicates):
     ref_dist, ref_nearest = _scan(bank.bank_, query, 5)
     np.testing.assert_array_equal(dist, ref_dist)
     np.testing.assert_array_equal(nearest, ref_nearest)
+
+
+REQUIRED = {
+    "bundle": "/models/b",
+    "input_topic": "in",
+    "alert_topic": "alerts",
+    "dlq_topic": "dlq",
+    "group": "g",
+}
+
+
+def test_the_producer_batches_a_whole_micro_batch_unless_told_otherwise():
+    assert load_serve_config(REQUIRED, env={}).producer_settings()["batch_size"] == 512 * 1024
+    env = {"ANOMALY_PRODUCER__BATCH_SIZE": "16384"}
+    assert load_serve_config(REQUIRED, env=env).producer_settings()["batch_size"] == 16384
+
+
+def test_serving_holds_blas_to_the_configured_threads():
+    assert load_serve_config(REQUIRED, env={}).blas_threads == 1
+    with pytest.raises(ConfigError, match="blas_threads"):
+        load_serve_config({**REQUIRED, "blas_threads": "-1"}, env={})
+    with blas_threads(1):
+        assert {
+            pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"
+        } == {1}

@@ -161,6 +161,9 @@ class ServeConfig:
     alert_fields: tuple[str, ...] = _opt((), _as_list, "input fields copied into alerts")
     extra_fields: tuple[str, ...] = _opt((), _as_list, "non-feature input fields to tolerate")
     top_features: int = _opt(5, int, "contributing features listed per alert")
+    blas_threads: int = _opt(
+        1, int, "BLAS threads while serving (the bank search); 0 keeps the library's own count"
+    )
     max_record_bytes: int = _opt(DEFAULT_MAX_BYTES, int, "larger records are dead-lettered")
     threshold_refresh_s: float = _opt(2.0, float, "how often the bundle manifest is re-read")
     require_signature: bool = _opt(
@@ -284,6 +287,11 @@ class ServeConfig:
         settings = {
             "acks": "all",
             "linger_ms": 5,
+            # A micro-batch's outputs go to the producer in a burst; kafka-python's 16 KiB
+            # default closes a batch (and wakes its sender thread) every ~20 score messages,
+            # which doubled the cost of each send here (bench/stream.py, docs/streaming.md).
+            # Half of a broker's default 1 MiB message limit, with room for the batch header.
+            "batch_size": 512 * 1024,
             "retries": 5,
             "max_block_ms": int(self.flush_timeout_s * 1000),
             "bootstrap_timeout_ms": int(self.flush_timeout_s * 1000),
@@ -401,6 +409,8 @@ def _validate(config: ServeConfig) -> None:
         )
     if config.max_delivery_failures < 1:
         raise ConfigError("max_delivery_failures must be at least 1")
+    if config.blas_threads < 0:
+        raise ConfigError("blas_threads must be 0 (the library's own count) or more")
     if config.liveness_timeout_s <= config.flush_timeout_s:
         # A loop waiting out a flush is alive: /healthz must not fail it for that.
         raise ConfigError(
