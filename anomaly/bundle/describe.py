@@ -99,9 +99,10 @@ def describe_lineage(lineage: dict[str, Any]) -> str:
     verdicts = lineage["verdicts"]
     refused = sum(lineage["undecodable"].values())
     left_out = lineage["above_threshold_left_out"]
+    spans = ", ".join(f"p{p} {lo}-{hi}" for p, (lo, hi) in lineage["offsets"].items())
     return (
-        f"from topic {lineage['topic']} ({lineage['records_read']} records, offsets "
-        f"{lineage['offsets']}), parent {parent['name']} {parent['version']} at threshold "
+        f"from topic {lineage['topic']} ({lineage['records_read']} records; offsets "
+        f"{spans}), parent {parent['name']} {parent['version']} at threshold "
         f"v{parent['threshold_version']}; {verdicts['anomalies']} confirmed anomalies, "
         f"{verdicts['normals']} confirmed normals; {left_out} unconfirmed alerts and "
         f"{refused} undecodable records left out"
