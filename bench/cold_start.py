@@ -3,9 +3,14 @@
 Trains a tiny bundle through the CLI (a generated CSV), signs it with a fresh EC key, then
 runs each command ``--repeats`` times as a new process and reports the median wall time and
 its ratio to ``anomaly --help`` in the same run (the machine is shared: ratios travel better
-than seconds). The target of issue 19 is under 1 s each.
+than seconds). The target of issue 19 is under 1 s each. The load average before and after
+is printed and recorded: compare runs by their ratios when it is high.
 
     python bench/cold_start.py --out bench/results/cold_start.json
+
+``--source DIR`` times the ``anomaly`` package in DIR instead of the installed one (put
+first on ``PYTHONPATH`` of every process, the bundle's training and signing included), to
+time an older commit in the same environment: ``git archive OLD | tar -x -C DIR``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -75,7 +81,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--source", type=Path, default=None, help="time anomaly from DIR")
     args = parser.parse_args()
+    if args.source:
+        path = [str(args.source.resolve()), os.environ.get("PYTHONPATH", "")]
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         paths = _setup(Path(tmp))
         bundle = str(paths["bundle"])
@@ -96,6 +107,7 @@ def main() -> None:
             ),
         }
         rows = {name: _time(cmd, args.repeats) for name, cmd in commands.items()}
+    load = {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()}
     base = statistics.median(rows["anomaly --help"])
     runs = f"median s ({args.repeats} runs)"
     print(f"| command | {runs} | min s | / `--help` | under {TARGET_S:g} s |")
@@ -106,8 +118,26 @@ def main() -> None:
             f"| `{name}` | {median:.2f} | {min(seconds):.2f} | {median / base:.1f}x | "
             f"{'yes' if median < TARGET_S else 'no'} |"
         )
+    print(
+        f"load average (1 min) {load['before'][0]:.2f} before, {load['after'][0]:.2f} after, "
+        f"{load['cpus']} CPUs" + (f"; anomaly from {args.source}" if args.source else "")
+    )
     if args.out:
-        args.out.write_text(json.dumps({"repeats": args.repeats, "seconds": rows}, indent=2))
+        summary = {
+            name: {
+                "median_s": round(statistics.median(seconds), 3),
+                "ratio_to_help": round(statistics.median(seconds) / base, 2),
+            }
+            for name, seconds in rows.items()
+        }
+        result = {
+            "repeats": args.repeats,
+            "source": str(args.source) if args.source else None,
+            "load_average": load,
+            "summary": summary,
+            "seconds": rows,
+        }
+        args.out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@ tampering refused by load, score, serve and verify with a one-line reason."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from anomaly.bundle.bundle import MANIFEST, Bundle
+from anomaly.bundle.signing import sign_bundle, verify_bundle
 from anomaly.cli import main
 from anomaly.errors import BundleError
 from testsupport.data import FEATURES
@@ -201,3 +205,238 @@ def test_a_bundle_named_by_a_relative_path_signs_and_verifies(
     verified = run("verify", "--bundle", "models/fraud", "--public-key", keys[1])
     assert verified.exit_code == 0, verified.output
     assert Bundle.load("models/fraud").signer is not None
+
+
+# Our verifier against model_signing's ------------------------------------------------------
+# anomaly verifies key-pair signatures itself (model_signing's root import loads the Sigstore
+# stack, ~0.8 s); these check it refuses everything model_signing refuses, side by side.
+def model_signing_accepts(path, public_key):
+    """The verification anomaly did before: model_signing's, with the same hashing config."""
+    from model_signing import hashing, verifying
+
+    root = path.resolve()
+    ignored = [root / name for name in ("bundle.sig", "bundle.sig.pub", ".bundle.sig.tmp")]
+    try:
+        verifying.Config().use_elliptic_key_verifier(public_key=public_key).set_hashing_config(
+            hashing.Config().set_ignored_paths(paths=ignored)
+        ).verify(root, path / "bundle.sig")
+    except Exception:  # noqa: BLE001 - any refusal
+        return False
+    return True
+
+
+def anomaly_accepts(path, public_key):
+    try:
+        verify_bundle(path, public_key)
+    except BundleError as exc:
+        assert "\n" not in str(exc)
+        return False
+    return True
+
+
+def edit_signature(path, change):
+    bundle = json.loads((path / "bundle.sig").read_text())
+    change(bundle)
+    (path / "bundle.sig").write_text(json.dumps(bundle))
+
+
+def edit_statement(path, change):
+    def rewrite(bundle):
+        envelope = bundle["dsseEnvelope"]
+        statement = json.loads(base64.b64decode(envelope["payload"]))
+        change(statement)
+        envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+
+    edit_signature(path, rewrite)
+
+
+def restate_manifest(path):
+    """A forger edits the manifest and puts its new digest (and root digest) in the
+    signed statement, leaving the signature as it was."""
+    tamper_threshold(path)
+
+    def change(statement):
+        resources = statement["predicate"]["resources"]
+        for resource in resources:
+            if resource["name"] == MANIFEST:
+                resource["digest"] = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
+        root = hashlib.sha256(b"".join(bytes.fromhex(r["digest"]) for r in resources))
+        statement["subject"][0]["digest"]["sha256"] = root.hexdigest()
+
+    edit_statement(path, change)
+
+
+def flip_signature(bundle):
+    sig = bytearray(base64.b64decode(bundle["dsseEnvelope"]["signatures"][0]["sig"]))
+    sig[-1] ^= 0x01
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+
+
+def add_file(relative, data=b"x"):
+    def change(path):
+        (path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (path / relative).write_bytes(data)
+
+    return change
+
+
+def remove_detector(path):
+    (path / "model" / "detector.json").unlink()
+
+
+def move_into_subfolder(path):
+    (path / "model" / "sub").mkdir()
+    (path / "model" / "detector.json").rename(path / "model" / "sub" / "detector.json")
+
+
+def symlink(relative):
+    def change(path):
+        (path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (path / relative).symlink_to(path / MANIFEST)
+
+    return change
+
+
+def fifo(path):
+    os.mkfifo(path / "model" / "pipe")
+
+
+def set_key(*keys):
+    def change(bundle):
+        target = bundle
+        for key in keys[:-2]:
+            target = target[key]
+        target[keys[-2]] = keys[-1]
+
+    return change
+
+
+# (change to the signed bundle, whether both verifiers accept it)
+CROSS_CHECKS = {
+    "untouched": (lambda path: None, True),
+    "edit manifest": (tamper_scaler, False),
+    "edit weights": (tamper_weights, False),
+    "rename": (tamper_rename, False),
+    "add file": (add_file("notes.txt"), False),
+    "add hidden file": (add_file(".hidden"), False),
+    "add nested file": (add_file("model/extra/x.bin"), False),
+    "add empty file": (add_file("model/empty", b""), False),
+    "remove file": (remove_detector, False),
+    "move file": (move_into_subfolder, False),
+    "add symlink": (symlink("model/link"), False),
+    "symlink under .git": (symlink(".git/link"), False),
+    "special file": (fifo, False),
+    "file under .git (ignored by both)": (add_file(".git/HEAD"), True),
+    "edit shipped key file (pinned key used)": (add_file("bundle.sig.pub", b"junk"), True),
+    "restated manifest": (restate_manifest, False),
+    "flip signature bit": (lambda p: edit_signature(p, flip_signature), False),
+    "payload type": (
+        lambda p: edit_signature(p, set_key("dsseEnvelope", "payloadType", "text/plain")),
+        False,
+    ),
+    "media type": (
+        lambda p: edit_signature(p, set_key("mediaType", "application/vnd.dev.sigstore.v0.1")),
+        False,
+    ),
+    "other key hint": (
+        lambda p: edit_signature(p, set_key("verificationMaterial", "publicKey", "hint", "ab")),
+        False,
+    ),
+    "no key hint (older signatures)": (
+        lambda p: edit_signature(p, lambda b: b["verificationMaterial"]["publicKey"].clear()),
+        True,
+    ),
+    "no signature": (
+        lambda p: edit_signature(p, set_key("dsseEnvelope", "signatures", [])),
+        False,
+    ),
+    "not JSON": (lambda p: (p / "bundle.sig").write_text("{"), False),
+    "statement type": (lambda p: edit_statement(p, set_key("_type", "x")), False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CROSS_CHECKS))
+def test_our_verifier_and_model_signing_agree(signed, keys, case):
+    change, accepted = CROSS_CHECKS[case]
+    change(signed)
+    assert model_signing_accepts(signed, keys[1]) is accepted
+    assert anomaly_accepts(signed, keys[1]) is accepted
+
+
+def test_a_wrong_or_forged_key_is_refused_by_both(signed, keys, tmp_path):
+    stranger_private, stranger = key_pair(tmp_path, "stranger")
+    assert not model_signing_accepts(signed, stranger)
+    assert not anomaly_accepts(signed, stranger)
+    # a forger re-signs an edit with their own key (and ships it): a pinned key refuses it
+    tamper_threshold(signed)
+    sign_bundle(signed, stranger_private)
+    assert not model_signing_accepts(signed, keys[1])
+    assert not anomaly_accepts(signed, keys[1])
+    # the shipped key alone proves integrity, not who signed (documented)
+    assert anomaly_accepts(signed, signed / "bundle.sig.pub")
+
+
+def test_a_signature_made_with_model_signing_defaults_verifies(tiny_bundle, tmp_path, keys):
+    from model_signing import signing
+
+    path = tmp_path / "plain"
+    shutil.copytree(tiny_bundle, path)
+    signing.Config().use_elliptic_key_signer(private_key=keys[0]).sign(path, tmp_path / "s")
+    shutil.move(tmp_path / "s", path / "bundle.sig")
+    assert model_signing_accepts(path, keys[1]) and anomaly_accepts(path, keys[1])
+    tamper_scaler(path)
+    assert not model_signing_accepts(path, keys[1]) and not anomaly_accepts(path, keys[1])
+
+
+STRICTER = {
+    # model_signing checks the first signature only
+    "a second signature": lambda b: b["dsseEnvelope"]["signatures"].append({"sig": "AA=="}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRICTER))
+def test_where_our_verifier_is_stricter(signed, keys, case):
+    edit_signature(signed, STRICTER[case])
+    assert model_signing_accepts(signed, keys[1])
+    assert not anomaly_accepts(signed, keys[1])
+
+
+def test_a_signature_that_exempts_files_from_the_check_is_refused(tiny_bundle, tmp_path, keys):
+    """model_signing honours paths a signature says it left out; anomaly signs every file."""
+    from model_signing import hashing, signing
+
+    path = tmp_path / "exempt"
+    shutil.copytree(tiny_bundle, path)
+    root = path.resolve()
+    exempt = [root / name for name in ("bundle.sig", MANIFEST)]
+    signing.Config().use_elliptic_key_signer(private_key=keys[0]).set_hashing_config(
+        hashing.Config().set_ignored_paths(paths=exempt)
+    ).sign(root, path / "bundle.sig")
+    tamper_threshold(path)
+    assert model_signing_accepts(path, keys[1])
+    with pytest.raises(BundleError, match="the signature exempts manifest.json"):
+        Bundle.load(path, public_key=keys[1], model=False)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("info", "--bundle", "{bundle}"),
+        ("verify", "--bundle", "{bundle}", "--public-key", "{key}"),
+        ("threshold", "--bundle", "{bundle}", "--history"),
+    ],
+)
+def test_signed_bundle_commands_never_import_model_signing(signed, keys, args):
+    """Verifying a key-pair signature needs neither model_signing nor Sigstore (~0.8 s)."""
+    argv = [a.format(bundle=signed, key=keys[1]) for a in args]
+    code = (
+        "import sys\n"
+        "from anomaly.cli import main\n"
+        f"try:\n    main({argv!r})\n"
+        "except SystemExit as exc:\n    print('exit', exc.code, file=sys.stderr)\n"
+        "heavy = ('model_signing', 'sigstore', 'sigstore_models', 'in_toto_attestation')\n"
+        "print('loaded:', sorted({m.split('.')[0] for m in sys.modules} & set(heavy)),\n"
+        "      file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "exit 0" in proc.stderr and "loaded: []" in proc.stderr, proc.stderr + proc.stdout
