@@ -257,6 +257,8 @@ def summarise(results: list[dict]) -> tuple[list[str], dict]:
             for s in seeds:
                 gain = cell(ds, DETECTOR, "roc_auc", {s}) - cell(ds, BANKS_ONLY, "roc_auc", {s})
                 two = cell(ds, TWO_SIDED, "roc_auc", {s}) - cell(ds, BANKS_ONLY, "roc_auc", {s})
+                if np.isnan(gain):  # a seed not run (yet) on this set
+                    continue
                 (explored if ds in EXPLORED and s == 0 else judging).append((gain, two))
         split = {}
         for label, cells in (("explored", explored), ("judging", judging)):
