@@ -3,13 +3,17 @@ value: batch-encoded alerts and score messages, and the bank search after its sp
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
 from anomaly.stream.alerts import AlertBuilder, Source, encode
 from anomaly.stream.config import ConfigError, load_serve_config
-from anomaly.stream.service import blas_threads
+from anomaly.stream.metrics import Metrics
+from anomaly.stream.scoring import BatchScorer
+from anomaly.stream.service import blas_threads, frozen_heap
 from detectors.memory import MemoryBank
 
 FEATURES = [f"V{i}" for i in range(12)]
@@ -138,3 +142,28 @@ def test_serving_holds_blas_to_the_configured_threads():
         assert {
             pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"
         } == {1}
+
+
+class CountingScorer:
+    """A scorer that records the batch sizes it was asked to score."""
+
+    def __init__(self) -> None:
+        self.schema = type("Schema", (), {"feature_names": FEATURES, "kind": "tabular"})()
+        self.model_name, self.model_version = "m", "v"
+        self.sizes: list[tuple[int, int]] = []
+
+    def score_components(self, X: np.ndarray) -> None:
+        self.sizes.append(X.shape)
+
+
+def test_warm_up_scores_each_compiled_batch_size_once_before_the_stream():
+    scorer = CountingScorer()
+    config = load_serve_config({**REQUIRED, "max_batch": 500}, env={})
+    BatchScorer(config, scorer, Metrics()).warm_up()
+    assert scorer.sizes == [(1, 12), (8, 12), (64, 12), (500, 12)]
+
+
+def test_the_heap_is_frozen_only_while_serving():
+    with frozen_heap():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0

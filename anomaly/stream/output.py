@@ -10,6 +10,7 @@ failed delivery (rewind, retry budget), never as a checkpoint from inside a send
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,7 +47,29 @@ class Output:
                 # transaction it left open (after a SIGKILL, say).
                 producer.init_transactions()
             self._producer = producer
+            self._fetch_topic_metadata(producer)
         return self._producer
+
+    def _fetch_topic_metadata(self, producer: KafkaProducer) -> None:
+        """Ask for the output topics' metadata in the background, now.
+
+        A producer's first send to a topic waits for its metadata (0.1-0.5 s here, longer
+        where the broker creates the topic); without this, that wait fell on whichever batch
+        carried the first alert or dead letter, and every record behind it waited too.
+        Best effort: a topic that cannot be resolved fails its first real send as before.
+        """
+        config = self.config
+        topics = [t for t in (config.alert_topic, config.dlq_topic, config.scores_topic) if t]
+
+        def fetch() -> None:
+            for topic in topics:
+                try:
+                    producer.partitions_for(topic)
+                except Exception as exc:  # noqa: BLE001 - closed or replaced meanwhile: moot
+                    log.debug("no metadata for %s yet: %r", topic, exc)
+                    return
+
+        threading.Thread(target=fetch, name="anomaly-topic-metadata", daemon=True).start()
 
     def begin(self) -> None:
         """Open a transaction unless one is open (exactly-once only)."""

@@ -99,6 +99,18 @@ class BatchScorer:
             top_features=config.top_features,
         )
 
+    def warm_up(self) -> None:
+        """Score one all-zero batch per compiled batch size the stream can meet, before
+        consuming (``anomaly serve`` does, at start-up): the first batch of each size
+        otherwise pays for tracing the scoring graph (0.1-0.3 s each here) in the middle of
+        the stream, a stall every record behind it waits out (bench/stream.py's latency tail)."""
+        from detectors.base import SCORING_BUCKETS  # the sizes a batch is padded up to
+
+        width = len(self.scorer.schema.feature_names)
+        sizes = [size for size in SCORING_BUCKETS if size < self.config.max_batch]
+        for size in [*sizes, self.config.max_batch]:
+            self.scorer.score_components(np.zeros((size, width), dtype=np.float64))
+
     def process(self, batch: Sequence[Any], send: Send) -> ScoredBatch:
         """Decode, score and ``send`` every output of ``batch``."""
         self.metrics.batch_records.observe(len(batch))

@@ -158,6 +158,9 @@ def serve(
         backend, keras_version = backend_info()
         metrics.set_model(str(bundle.model_name), str(bundle.model_version), backend, keras_version)
         service = StreamService(config, bundle, metrics, stop_event=shutdown.event)
+        service.batches.warm_up()
+        if shutdown.requested:
+            return _stopped_during_startup("warm-up")
         attach_drift(service, bundle, config.drift_window_records)
         if on_start is not None:
             on_start(service, server)
