@@ -1,13 +1,17 @@
 """Stream benchmark: raw kafka-python consume→produce vs `anomaly serve`, on one broker.
 
     python bench/stream.py [--records 200000] [--rate 5000] [--latency-seconds 20]
-                           [--exactly-once] [--bank-rows 4096] [--out bench/out/stream.json]
+                           [--exactly-once] [--bank-rows 4096] [--pinning exclusive]
+                           [--out bench/out/stream.json] [--table RESULT.json]
 
 1. Starts a local Tansu broker (or uses KAFKA_BOOTSTRAP), trains a small GANomaly bundle on
    synthetic transactions (29 features), and produces ``--records`` JSON records.
 2. Throughput, each over every record, same topic, fresh consumer group:
    - raw: poll → send every record unchanged to an output topic → flush + commit every
-     second (the same checkpoint rhythm as serve); no decoding, no model;
+     second (the same checkpoint rhythm as serve); no decoding, no model; kafka-python's
+     producer defaults plus ``linger_ms=5`` (the baseline of every ratio);
+   - raw, serve's producer: the same loop with serve's producer settings (``batch_size``),
+     to show how much of serve's ratio is the producer's batching alone;
    - serve: the StreamService of `anomaly serve` (decode, score, alerts, DLQ, metrics,
      flush + commit every second) — alerts only, its default;
    - serve + scores: also one score message per record (as many sends as the raw loop);
@@ -15,14 +19,19 @@
      (``--exactly-once``: each checkpoint commits the outputs and the offsets in one
      transaction, every second).
 3. Latency: a separate producer process offers ``--rate`` records/s for
-   ``--latency-seconds``; serve (with a scores topic) scores them live. End-to-end latency
-   per record = broker timestamp of its score message (producer CreateTime, set when serve
-   sends it) minus the input record's timestamp; p50/p99 reported.
+   ``--latency-seconds``, pinned with taskset to the last CPU while this process (serve) and
+   the broker are kept off it (``--pinning exclusive``, the default where there are 2+ CPUs
+   and taskset exists; ``shared`` pins only the generator; ``none``). Serve (with a scores
+   topic, default settings, reported in the JSON) scores them live. End-to-end latency per
+   record = broker timestamp of its score message (producer CreateTime, set when serve sends
+   it) minus the input record's timestamp; p50/p95/p99/max reported, beside the buckets of
+   the live histogram ``anomaly_end_to_end_latency_seconds`` that hold the same quantiles.
 
 Before the phases it times the decode stage alone (RecordDecoder on one fraud-shaped record,
 best of 5 × 2,000; `decode_us_per_record` in the JSON).
 
-Prints a table and writes bench/out/stream.json.
+Prints a Markdown table (the one in docs/benchmarks.md) and writes bench/out/stream.json;
+``--table RESULT.json`` prints the table of an earlier result again.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,7 +91,9 @@ def produce_all(bootstrap: str, topic: str, n: int) -> None:
     producer.close()
 
 
-def raw_loop(bootstrap: str, topic: str, n: int, group: str) -> float:
+def raw_loop(
+    bootstrap: str, topic: str, n: int, group: str, producer_settings: dict | None = None
+) -> float:
     """records/s of poll → send each record → flush + commit every second."""
     consumer = KafkaConsumer(
         topic,
@@ -93,7 +105,9 @@ def raw_loop(bootstrap: str, topic: str, n: int, group: str) -> float:
         session_timeout_ms=6000,
         heartbeat_interval_ms=1000,
     )
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, **(producer_settings or {})
+    )
     seen = 0
     started = None
     offsets: dict[TopicPartition, int] = {}
@@ -163,6 +177,7 @@ def serve_loop(
         serve_config(bootstrap, bundle_path, topic, group, scores, exactly_once),
         Bundle.load(bundle_path),
     )
+    service.batches.warm_up()  # as `anomaly serve` does before it consumes
     marks: dict[str, float] = {}
 
     def watch() -> None:
@@ -180,25 +195,51 @@ def serve_loop(
     return n / elapsed
 
 
-def latency(bootstrap: str, bundle_path: Path, rate: float, seconds: float) -> dict[str, float]:
+def cpu_plan(pinning: str) -> tuple[list[int] | None, list[int] | None]:
+    """(generator CPUs, serve + broker CPUs) for ``pinning``; None where nothing is pinned."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if pinning == "none" or len(cpus) < 2 or shutil.which("taskset") is None:
+        return None, None
+    return [cpus[-1]], (cpus[:-1] if pinning == "exclusive" else None)
+
+
+def pin_process(cpus: list[int]) -> None:
+    """Every thread of this process (BLAS and Kafka threads included) onto ``cpus``; children
+    started afterwards (the broker) inherit it."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
+def histogram_bucket(histogram, quantile: float) -> float:  # noqa: ANN001
+    """Upper bound of the live histogram's bucket that holds ``quantile``."""
+    counts = np.cumsum(histogram._counts)
+    bounds = [*histogram.bounds, float("inf")]
+    return float(bounds[int(np.searchsorted(counts, quantile * counts[-1]))])
+
+
+def latency(
+    bootstrap: str, bundle_path: Path, rate: float, seconds: float, generator_cpus: list[int] | None
+) -> dict:
     from anomaly.bundle.bundle import Bundle
     from anomaly.stream.service import StreamService
 
     topic, scores = f"bench-live-{int(time.time())}", f"bench-live-scores-{int(time.time())}"
     create_topic(bootstrap, topic, partitions=PARTITIONS)
-    service = StreamService(
-        serve_config(bootstrap, bundle_path, topic, "bench-live", scores), Bundle.load(bundle_path)
-    )
+    config = serve_config(bootstrap, bundle_path, topic, "bench-live", scores)
+    service = StreamService(config, Bundle.load(bundle_path))
+    service.batches.warm_up()  # as `anomaly serve` does before it consumes
     runner = threading.Thread(target=service.run, daemon=True)
     runner.start()
     while service.assigned_partitions < PARTITIONS:
         time.sleep(0.1)
-    offered = subprocess.run(
-        [sys.executable, "-c", OFFERED_LOAD, bootstrap, topic, str(rate), str(ROOT), str(seconds)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    command = [sys.executable, "-c", OFFERED_LOAD, bootstrap, topic, str(rate), str(ROOT)]
+    command.append(str(seconds))
+    if generator_cpus:
+        command = ["taskset", "-c", ",".join(map(str, generator_cpus)), *command]
+    offered = subprocess.run(command, check=True, capture_output=True, text=True)
     expected = int(rate * seconds)
     deadline = time.monotonic() + 60
     while service.records_consumed < expected and time.monotonic() < deadline:
@@ -219,18 +260,20 @@ def latency(bootstrap: str, bundle_path: Path, rate: float, seconds: float) -> d
     consumer.close()
     lat_ms = np.array(lat) * 1000
     histogram = service.metrics.end_to_end_latency
-    counts = np.cumsum(histogram._counts)
-    bounds = list(histogram.bounds) + [float("inf")]
-    metric_p99 = bounds[int(np.searchsorted(counts, 0.99 * counts[-1]))]
-    metric_p50 = bounds[int(np.searchsorted(counts, 0.50 * counts[-1]))]
+    producer = config.producer_settings()
     return {
-        "metric_p50_bucket_le_s": metric_p50,
-        "metric_p99_bucket_le_s": metric_p99,
         "offered": offered.stdout.strip(),
         "records": int(lat_ms.size),
-        "p50_ms": float(np.percentile(lat_ms, 50)),
-        "p99_ms": float(np.percentile(lat_ms, 99)),
+        **{f"p{q}_ms": float(np.percentile(lat_ms, q)) for q in (50, 95, 99)},
         "max_ms": float(lat_ms.max()),
+        **{f"metric_p{q}_bucket_le_s": histogram_bucket(histogram, q / 100) for q in (50, 95, 99)},
+        "serve_settings": {
+            "max_batch": config.max_batch,
+            "max_wait_ms": config.max_wait_ms,
+            "commit_interval_ms": config.commit_interval_ms,
+            "blas_threads": config.blas_threads,
+            "producer": {k: producer.get(k) for k in ("acks", "linger_ms", "batch_size")},
+        },
     }
 
 
@@ -270,6 +313,48 @@ def train(out: Path, bank_rows: int) -> Path:
     return path
 
 
+def table(result: dict) -> str:
+    """The Markdown table of docs/benchmarks.md, from a result JSON."""
+    raw = result["raw_records_per_s"]
+    rows = [
+        ("raw consume → produce (the baseline)", raw),
+        ("raw, with serve's producer settings", result["raw_serve_producer_records_per_s"]),
+        ("serve, default (alerts only)", result["serve_records_per_s"]),
+        ("serve + `--scores-topic`", result["serve_with_scores_records_per_s"]),
+    ]
+    if "exactly_once_records_per_s" in result:
+        rows += [
+            ("serve `--exactly-once` (alerts only)", result["exactly_once_records_per_s"]),
+            (
+                "serve `--exactly-once` + `--scores-topic`",
+                result["exactly_once_with_scores_records_per_s"],
+            ),
+        ]
+    lines = ["| loop | records/s | vs raw | load (1 min) |", "|---|---|---|---|"]
+    for name, rate in rows:
+        load = result["load"].get(name, "")
+        lines.append(f"| {name} | {rate:,.0f} | **{rate / raw:.2f}** | {load} |")
+    live = result["latency"]
+    if "p99_ms" in live:
+        settings = live["serve_settings"]
+        lines += [
+            "",
+            f"Latency at {live['offered_rate']:,.0f} records/s offered for {live['seconds']:g} s"
+            f" (scores topic on; generator CPUs {live['generator_cpus']}, serve + broker CPUs"
+            f" {live['serve_cpus']}; serve settings {json.dumps(settings)}):",
+            "",
+            "| | p50 | p95 | p99 | max |",
+            "|---|---|---|---|---|",
+            f"| score message timestamp − input timestamp ({live['records']:,} records) | "
+            + " | ".join(f"{live[k]:.0f} ms" for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms"))
+            + " |",
+            "| live histogram `anomaly_end_to_end_latency_seconds`, bucket holding it | "
+            + " | ".join(f"≤ {live[f'metric_p{q}_bucket_le_s'] * 1000:g} ms" for q in (50, 95, 99))
+            + " | |",
+        ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
@@ -286,9 +371,22 @@ def main() -> None:
         "--exactly-once", action="store_true", help="Also time both serve phases transactional."
     )
     parser.add_argument(
+        "--pinning",
+        choices=("exclusive", "shared", "none"),
+        default="exclusive",
+        help="Latency phase: the generator on the last CPU, serve and broker off it "
+        "(exclusive), or only the generator pinned (shared), or nothing pinned.",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "out" / "stream.json", help="Result JSON."
     )
+    parser.add_argument(
+        "--table", type=Path, default=None, help="Only print the table of this result JSON."
+    )
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     import keras
@@ -296,10 +394,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     bundle = args.bundle or train(work, args.bank_rows)
     external = os.environ.get("KAFKA_BOOTSTRAP")
+    load: dict[str, str] = {}
 
-    def phase(name: str, run):  # noqa: ANN001, ANN202
+    def phase(name: str, label: str, run):  # noqa: ANN001, ANN202
         """Each phase gets a fresh local broker (Tansu's memory storage stalls after several
-        hundred thousand messages), or the one named by KAFKA_BOOTSTRAP."""
+        hundred thousand messages), or the one named by KAFKA_BOOTSTRAP. The 1-minute load
+        average before and after is kept: other work on the machine shows there."""
+        before = os.getloadavg()[0]
         broker = None if external else LocalBroker().start()
         bootstrap = external or broker.bootstrap
         try:
@@ -313,24 +414,45 @@ def main() -> None:
         finally:
             if broker is not None:
                 broker.stop()
+            load[label] = f"{before:.2f} → {os.getloadavg()[0]:.2f}"
 
     decode_s = decode_cost()
     print(f"decode: {decode_s * 1e6:.1f} µs per record", flush=True)
     n = args.records
-    raw = phase("raw", lambda b, t: raw_loop(b, t, n, f"raw-{t}"))
+    producer = serve_config("127.0.0.1:9092", bundle, "t", "g", None).producer_settings()
+    tuned = {"batch_size": producer["batch_size"]}
+    baseline = "raw consume → produce (the baseline)"
+    raw = phase("raw", baseline, lambda b, t: raw_loop(b, t, n, f"raw-{t}"))
     print(f"raw consume→produce: {raw:,.0f} records/s", flush=True)
-    serve = phase("serve", lambda b, t: serve_loop(b, bundle, t, n, f"serve-{t}", None))
+    raw_tuned = phase(
+        "rawtuned",
+        "raw, with serve's producer settings",
+        lambda b, t: raw_loop(b, t, n, f"rawtuned-{t}", tuned),
+    )
+    print(f"raw with {tuned}: {raw_tuned:,.0f} records/s", flush=True)
+    serve = phase(
+        "serve",
+        "serve, default (alerts only)",
+        lambda b, t: serve_loop(b, bundle, t, n, f"serve-{t}", None),
+    )
     print(f"serve (alerts only): {serve:,.0f} records/s", flush=True)
     serve_scores = phase(
-        "scores", lambda b, t: serve_loop(b, bundle, t, n, f"scores-{t}", f"scores-{t}")
+        "scores",
+        "serve + `--scores-topic`",
+        lambda b, t: serve_loop(b, bundle, t, n, f"scores-{t}", f"scores-{t}"),
     )
     print(f"serve + scores topic: {serve_scores:,.0f} records/s", flush=True)
     exactly_once = {}
     if args.exactly_once:
-        eos = phase("eos", lambda b, t: serve_loop(b, bundle, t, n, f"eos-{t}", None, True))
+        eos = phase(
+            "eos",
+            "serve `--exactly-once` (alerts only)",
+            lambda b, t: serve_loop(b, bundle, t, n, f"eos-{t}", None, True),
+        )
         print(f"serve --exactly-once (alerts only): {eos:,.0f} records/s", flush=True)
         eos_scores = phase(
             "eosscores",
+            "serve `--exactly-once` + `--scores-topic`",
             lambda b, t: serve_loop(b, bundle, t, n, f"eosscores-{t}", f"scores-{t}", True),
         )
         print(f"serve --exactly-once + scores topic: {eos_scores:,.0f} records/s", flush=True)
@@ -344,25 +466,39 @@ def main() -> None:
         }
     live = {}
     if args.latency_seconds > 0:
-        live = phase("latency", lambda b, t: latency(b, bundle, args.rate, args.latency_seconds))
+        generator_cpus, serve_cpus = cpu_plan(args.pinning)
+        if serve_cpus:
+            pin_process(serve_cpus)  # before the phase starts its broker, which inherits it
+        live = phase(
+            "latency",
+            "latency",
+            lambda b, t: latency(b, bundle, args.rate, args.latency_seconds, generator_cpus),
+        )
+        live |= {"pinning": args.pinning, "generator_cpus": generator_cpus}
+        live["serve_cpus"] = serve_cpus or sorted(os.sched_getaffinity(0))
         print(f"latency at {args.rate:.0f} rec/s: {live}", flush=True)
     result = {
         "records": args.records,
         "broker": "external" if external else "tansu (memory)",
         "keras_backend": keras.config.backend(),
         "bank_rows": None if args.bundle else args.bank_rows,
+        "cpus": os.cpu_count(),
         "decode_us_per_record": decode_s * 1e6,
         "raw_records_per_s": raw,
+        "raw_serve_producer_records_per_s": raw_tuned,
+        "raw_serve_producer_settings": tuned,
         "serve_records_per_s": serve,
         "serve_ratio": serve / raw,
         "serve_with_scores_records_per_s": serve_scores,
         "serve_with_scores_ratio": serve_scores / raw,
         **exactly_once,
+        "load": load,
         "latency": {"offered_rate": args.rate, "seconds": args.latency_seconds, **live},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    print(table(result))
 
 
 if __name__ == "__main__":
