@@ -6,7 +6,8 @@ in-process exactly as `anomaly train` does at its defaults; then, **with the sam
 networks**, the score is rebuilt several ways and the test part scored once per way:
 
 - recipes: which components vote (equal weights), e.g. the two memory banks alone (the
-  default), + the one-class boundary (the default until e307e2b), + the reconstruction;
+  default), + the one-class boundary (the default until e307e2b), + the reconstruction,
+  + the input bank (kNN on the scaled records themselves);
 - bank sizes: the banks + boundary recipe with the memory banks subsampled to 1,024 / 2,048 /
   4,096 rows (what `--bank-rows` trades against stream throughput).
 
@@ -54,6 +55,9 @@ RECIPES = {
         "latent": 1.0,
         "discriminator": 1.0,
     },
+    # opt-in input bank (kNN on the scaled records): built after the recipes above
+    "banks + input bank": {**BANKS, "input_knn": 1.0},
+    "input bank alone": {"input_knn": 1.0},
 }
 BANK_ROWS = (1024, 2048, 4096)
 
@@ -66,7 +70,7 @@ def rescore(detector, weights: dict[str, float], validation: np.ndarray, test: n
     return detector.decision_function(test)
 
 
-def run_one(dataset: str, seed: int, work: Path) -> list[dict]:
+def run_one(dataset: str, seed: int, work: Path, bank_rows: bool = True) -> list[dict]:
     from anomaly.bundle.bundle import Bundle
     from anomaly.bundle.schema import Schema
     from anomaly.bundle.training import split_normal, train_bundle
@@ -97,13 +101,17 @@ def run_one(dataset: str, seed: int, work: Path) -> list[dict]:
         )
 
     for variant, weights in RECIPES.items():
+        if "input_knn" in weights and "input_knn" not in detector.memory_:
+            # the input bank is opt-in: built once its weight is set (the others unchanged)
+            detector.score_weights = dict(weights)
+            detector._fit_memory(fit_rows)
         record("recipe", variant, rescore(detector, weights, validation, test_rows))
     # the bank sizes were measured with the recipe that was the default at the time
     boundary = RECIPES["banks + boundary (default until e307e2b)"]
-    for bank_rows in BANK_ROWS:
-        detector.bank_rows = bank_rows
+    for rows_kept in BANK_ROWS if bank_rows else ():
+        detector.bank_rows = rows_kept
         detector._fit_memory(fit_rows)
-        record("bank_rows", str(bank_rows), rescore(detector, boundary, validation, test_rows))
+        record("bank_rows", str(rows_kept), rescore(detector, boundary, validation, test_rows))
     shutil.rmtree(bundle_dir)
     return rows
 
@@ -139,12 +147,55 @@ def summarise(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ranks_against(results: list[dict], anchor_results: list[dict]) -> str:
+    """Markdown: each recipe's mean ROC-AUC rank among itself and the anchors of a
+    bench/tabular.py run on the same splits, and on how many sets it is within 0.01 of the
+    best anchor."""
+    from tabular import _ranks
+
+    recipes = [r for r in results if r["kind"] == "recipe"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in recipes))
+    anchors = list(
+        dict.fromkeys(
+            r["detector"]
+            for r in anchor_results
+            if r["detector"] != "ganomaly" and r["output"] == "score"
+        )
+    )
+
+    def mean(rows: list[dict]) -> float:
+        return float(np.mean([r["roc_auc"] for r in rows]))
+
+    best = {}
+    for ds in datasets:
+        best[ds] = [
+            mean([r for r in anchor_results if (r["dataset"], r["detector"]) == (ds, a)])
+            for a in anchors
+        ]
+    lines = [
+        f"| recipe | mean rank among it and {len(anchors)} anchors | within 0.01 of the best |",
+        "|---|---|---|",
+    ]
+    for variant in dict.fromkeys(r["variant"] for r in recipes):
+        ranks, within = [], 0
+        for ds in datasets:
+            own = mean([r for r in recipes if (r["variant"], r["dataset"]) == (variant, ds)])
+            ranks.append(_ranks([own, *best[ds]])[0])
+            within += own - max(best[ds]) >= -0.01
+        lines.append(f"| {variant} | {np.mean(ranks):.2f} | {within} of {len(datasets)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "tabular_recipes.json")
     parser.add_argument("--summarise-only", action="store_true")
+    parser.add_argument("--recipes-only", action="store_true", help="Skip the bank sizes.")
+    parser.add_argument(
+        "--anchors", type=Path, default=None, help="A bench/tabular.py JSON: rank the recipes."
+    )
     args = parser.parse_args()
     if not args.summarise_only:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -155,11 +206,14 @@ def main() -> None:
             for seed in (int(s) for s in args.seeds.split(",")):
                 if (dataset, seed) in done:
                     continue
-                results += run_one(dataset, seed, work)
+                results += run_one(dataset, seed, work, bank_rows=not args.recipes_only)
                 print(f"{dataset} seed {seed} done", flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps({"results": results}, indent=1))
-    print(summarise(json.loads(args.out.read_text())["results"]))
+    results = json.loads(args.out.read_text())["results"]
+    print(summarise(results))
+    if args.anchors:
+        print(ranks_against(results, json.loads(args.anchors.read_text())["results"]))
 
 
 if __name__ == "__main__":

@@ -327,3 +327,24 @@ def test_anogan_search_is_one_batch_not_per_record(data, monkeypatch):
     assert calls == [64, 36]
     # every batch searches: the per-batch Adam reset keeps the learning rate (it once zeroed it)
     assert float(det._search.optimizer.learning_rate) == pytest.approx(det.search_lr)
+
+
+def test_input_bank_is_opt_in_and_is_plain_knn(ganomaly, data, tmp_path):
+    """The input bank (kNN on the scaled records) is built only when a weight asks for it."""
+    import json
+
+    from sklearn.neighbors import NearestNeighbors
+
+    train, test_normal, anomalies = data
+    assert "input_knn" not in ganomaly.memory_
+    weights = {"encoder_knn": 1.0, "discriminator_knn": 1.0, "input_knn": 1.0}
+    model = GANomaly(**{**TINY, "epochs": 1}, score_weights=weights).fit(train)
+    X = np.concatenate([test_normal, anomalies])
+    comps = model.score_components(X)
+    assert comps.component_names()[-2:] == ["input_knn", "encoder_svm"]
+    kept = model.memory_rows_["input_knn"]
+    expected = NearestNeighbors(n_neighbors=5).fit(kept).kneighbors(X)[0].mean(axis=1)
+    np.testing.assert_allclose(comps.extra["input_knn"], expected, rtol=1e-4, atol=1e-5)
+    model.save(tmp_path)
+    loaded = GANomaly.load(tmp_path, json.loads((tmp_path / "detector.json").read_text()))
+    np.testing.assert_allclose(loaded.decision_function(X), comps.score, rtol=1e-5, atol=1e-6)
