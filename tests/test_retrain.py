@@ -53,14 +53,10 @@ def test_retrain_from_the_input_topic_with_verdicts_and_lineage(
         writer.writerow(["", "r5", "normal"])
 
     out = tmp_path / "retrained"
+    retrain = ("train", "--from-topic", topic, "--parent", tiny_bundle)
+    retrain += ("--bootstrap-servers", kafka_bootstrap)
     result = run(
-        "train",
-        "--from-topic",
-        topic,
-        "--parent",
-        tiny_bundle,
-        "--bootstrap-servers",
-        kafka_bootstrap,
+        *retrain,
         "--labels",
         verdicts,
         "--out",
@@ -86,13 +82,7 @@ def test_retrain_from_the_input_topic_with_verdicts_and_lineage(
 
     # --keep-alerts trains on the unconfirmed alerts too; --last reads the tail only
     kept = run(
-        "train",
-        "--from-topic",
-        topic,
-        "--parent",
-        tiny_bundle,
-        "--bootstrap-servers",
-        kafka_bootstrap,
+        *retrain,
         "--keep-alerts",
         "--last",
         "100",
