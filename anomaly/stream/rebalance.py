@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Protocol
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
@@ -41,6 +41,9 @@ class Member(Protocol):
 
     def drop_pending(self) -> int:
         """Forget the records polled but not scored (the next owner reads them); how many."""
+
+    def reread(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Read these partitions again from these offsets should they stay with this member."""
 
     def count_commit(self) -> None:
         """Count a commit in the metrics."""
@@ -135,4 +138,5 @@ class RebalanceListener(AsyncConsumerRebalanceListener):
             },
         )
         member.output.abort()
+        member.reread(member.checkpoint.first_offsets)
         member.checkpoint.reset()

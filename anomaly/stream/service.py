@@ -26,7 +26,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -122,6 +122,7 @@ class StreamService:
         self.pending: list[Any] = []  # polled, not yet scored
         self._pending_since = 0.0
         self._positions: dict[TopicPartition, int] = {}
+        self._reread: dict[TopicPartition, int] = {}  # set on revocation, applied after poll
         self._assigned: list[TopicPartition] = []
         self._failures = 0
         self._retry_at = 0.0
@@ -213,6 +214,8 @@ class StreamService:
             wait_ms = max(config.max_wait_ms, 100)
         room = max(1, config.max_batch - len(self.pending))
         polled = self._consumer.poll(timeout_ms=wait_ms, max_records=room)
+        if self._reread:
+            polled = self._rewind_kept(polled)
         if polled:
             if not self.pending:
                 self._pending_since = time.monotonic()
@@ -243,6 +246,19 @@ class StreamService:
         if result is not None:
             self._decide(result)
         self.threshold.maybe_refresh(now)
+
+    def _rewind_kept(
+        self, polled: dict[TopicPartition, list[Any]]
+    ) -> dict[TopicPartition, list[Any]]:
+        """Seek the partitions still assigned back to where the last revocation left them,
+        and drop what this poll read past that point (it is read again)."""
+        targets, self._reread = self._reread, {}
+        assigned = set(self._consumer.assignment())
+        for tp, offset in targets.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+                self._positions[tp] = offset
+        return {tp: records for tp, records in polled.items() if tp not in targets}
 
     def _process_pending(self) -> Result | None:
         """Score and produce the pending micro-batch; a refused send comes back as a result."""
@@ -366,8 +382,24 @@ class StreamService:
     # --- rebalance (called by RebalanceListener on kafka-python's IO thread, in poll/close) ----
     def drop_pending(self) -> int:
         """Forget the polled, unscored records (the next owner reads them); how many."""
+        first: dict[TopicPartition, int] = {}
+        for record in self.pending:
+            tp = TopicPartition(record.topic, record.partition)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        self.reread(first)
         dropped, self.pending = len(self.pending), []
         return dropped
+
+    def reread(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Rewind these partitions to these offsets if this member keeps them (``_step``).
+
+        kafka-python keeps the position of a partition that a rebalance hands back to the
+        same member: without this, the records dropped on revocation (polled, unscored) or
+        whose outputs were abandoned then would be skipped, never scored (found with a
+        member fast enough to have polled records waiting when the rebalance came).
+        """
+        for tp, offset in offsets.items():
+            self._reread[tp] = min(self._reread.get(tp, offset), offset)
 
     def count_commit(self) -> None:
         """Count a commit (the loop's or the listener's) in the metrics."""
