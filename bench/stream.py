@@ -213,7 +213,7 @@ def pin_process(cpus: list[int]) -> None:
             pass
 
 
-def histogram_bucket(histogram, quantile: float) -> float:  # noqa: ANN001
+def histogram_bucket(histogram, quantile: float) -> float:
     """Upper bound of the live histogram's bucket that holds ``quantile``."""
     counts = np.cumsum(histogram._counts)
     bounds = [*histogram.bounds, float("inf")]
