@@ -55,7 +55,7 @@ def blas_threads(count: int) -> contextlib.AbstractContextManager[Any]:
     """
     if count <= 0:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+    from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=count, user_api="blas")
 
