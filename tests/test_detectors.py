@@ -173,8 +173,10 @@ def test_seed_makes_training_reproducible(data):
     a = GANomaly(**{**TINY, "epochs": 1}).fit(train).decision_function(test_normal[:20])
     b = GANomaly(**{**TINY, "epochs": 1}).fit(train).decision_function(test_normal[:20])
     # Multi-threaded float sums on CPU differ in the last digits from run to run (3.7e-5
-    # relative seen on CI); seed 1 instead of 0 moved them by over 1e-2 when checked.
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # relative seen on CI, and 1.3e-5 absolute on a score of 0.011: the scores are robust z
+    # values of order 1, so the absolute bound is 1e-4); seed 1 instead of 0 moved them by
+    # over 1e-2 when checked.
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_discriminator_collapse_reinitialises_it(data):
