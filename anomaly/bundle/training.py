@@ -99,8 +99,12 @@ def train_bundle(
     X = np.asarray(X)
     anomalies = X[:0]
     if labels is not None:
-        labels = np.asarray(labels).astype(int)
-        X, anomalies = X[labels == 0], X[labels == 1]
+        from detectors.base import split_labelled
+
+        try:
+            X, anomalies = split_labelled(X, labels)
+        except ValueError as exc:  # an NPZ's y holding other values than 0 and 1
+            raise AnomalyError(f"labels: {exc}") from None
     learned = (
         bool(len(anomalies))
         and learn_from_labels

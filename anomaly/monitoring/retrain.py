@@ -89,7 +89,7 @@ def read_retrain_window(
         [_verdict(feedback.label_for({"alert_id": a, "record_id": r})) for a, r in keys],
         dtype=np.int8,
     )
-    keep = (verdicts == 1) | (verdicts == 0) | ~above | keep_alerts
+    keep = (verdicts >= 0) | ~above | keep_alerts  # a verdict decides; else the threshold
     times = [r.timestamp for r in records]
     lineage = {
         "parent": {
