@@ -814,6 +814,138 @@ def verify(bundle_dir: Path, public_key: Path | None) -> None:
     )
 
 
+def _max_age(text: str) -> float:
+    """``--max-age 1h`` in seconds (the duration syntax of ``--since``)."""
+    from anomaly.monitoring.scores import parse_duration
+
+    try:
+        return parse_duration(text)
+    except AnomalyError:
+        raise AnomalyError(f"--max-age {text!r}: expected a number and a unit s/m/h/d/w") from None
+
+
+@main.command()
+@click.argument("live", type=click.Path(path_type=Path))
+@click.argument("challenger", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--rollback", is_flag=True, help="Make the champion the last promotion replaced live again."
+)
+@click.option("--history", is_flag=True, help="Print the promotions and rollbacks of LIVE.")
+@click.option(
+    "--evidence",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Shadow report of serve --shadow-bundle [default: CHALLENGER.shadow.json].",
+)
+@click.option(
+    "--max-change",
+    type=float,
+    default=3.0,
+    show_default=True,
+    help="Largest factor by which the challenger's alert rate may differ from the live one's.",
+)
+@click.option(
+    "--min-overlap",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Least Jaccard overlap of the records both bundles alert on.",
+)
+@click.option(
+    "--max-drift",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="Largest PSI of the challenger's score or any feature on the live traffic.",
+)
+@click.option(
+    "--min-records",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Least records the comparison must cover.",
+)
+@click.option("--max-age", default="1h", show_default=True, help="Oldest evidence accepted.")
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Pinned key (PEM) the challenger must be signed with [default: the live bundle's].",
+)
+@click.option("--force", is_flag=True, help="Promote although the evidence misses a bound.")
+@click.option("--dry-run", is_flag=True, help="Judge only; switch nothing.")
+def promote(live: Path, challenger: Path | None, **opts: Any) -> None:
+    """Make CHALLENGER the live bundle at LIVE, guarded by the shadow comparison serve wrote.
+
+    LIVE becomes a link into LIVE.releases/, re-pointed atomically; a running serve switches
+    within its --threshold-refresh-s. Exit 2 with one line when refused.
+    """
+    from anomaly.bundle import promotion
+    from anomaly.stream.config import shadow_report_for
+
+    if opts["history"]:
+        click.echo(promotion.history_table(promotion.read_history(live)))
+        return
+    if opts["rollback"]:
+        if challenger is not None:
+            raise AnomalyError("--rollback takes LIVE only (it restores the previous champion)")
+        if opts["dry_run"]:
+            target, _ = promotion.rollback_target(live)
+            click.echo(f"dry run: {live} would point at {target}; nothing changed")
+            return
+        entry = promotion.rollback(live, opts["public_key"])
+        click.echo(
+            f"rolled back {live}: {entry['from']} -> {entry['to']} (model {entry['to_version']}); "
+            "a running serve switches within its --threshold-refresh-s"
+        )
+        return
+    if challenger is None:
+        raise AnomalyError("give LIVE and CHALLENGER (or LIVE --rollback)")
+    if opts["max_change"] <= 1.0:
+        raise AnomalyError(f"--max-change must be above 1, got {opts['max_change']}")
+    guard = promotion.Guard(
+        max_change=opts["max_change"],
+        min_overlap=opts["min_overlap"],
+        max_drift=opts["max_drift"],
+        min_records=opts["min_records"],
+        max_age_s=_max_age(opts["max_age"]),
+    )
+    live_bundle, challenger_bundle, signer = promotion.load_pair(
+        live, challenger, opts["public_key"]
+    )
+    evidence_path = opts["evidence"] or shadow_report_for(challenger)
+    evidence = promotion.read_evidence(evidence_path)
+    if evidence is not None:
+        click.echo(promotion.comparison_table(evidence))
+    reasons = promotion.judge(evidence, evidence_path, live_bundle, challenger_bundle, guard)
+    if reasons and not opts["force"]:
+        raise AnomalyError(
+            f"promotion refused: {'; '.join(reasons)}; pass --force to promote anyway"
+        )
+    if reasons:
+        click.echo(f"forced: {'; '.join(reasons)}")
+    if opts["dry_run"]:
+        click.echo(f"dry run: {challenger} would become live at {live}; nothing changed")
+        return
+    key, _ = promotion.trusted_key(live, opts["public_key"])
+    entry = promotion.promote(
+        live,
+        challenger,
+        live_bundle,
+        challenger_bundle,
+        key=key,
+        signer=signer,
+        evidence=evidence,
+        overridden=reasons,
+    )
+    signed = f", signed by key {signer}" if signer else ""
+    click.echo(
+        f"promoted {challenger} (model {entry['to_version']}{signed}) over model "
+        f"{entry['from_version']}: {live} -> {promotion.releases_dir(live).name}/{entry['to']}; "
+        "a running serve switches within its --threshold-refresh-s"
+    )
+
+
 @main.command()
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path), required=False)

@@ -38,6 +38,12 @@ class Source:
     key: bytes | None
 
 
+def source_of(record: Any) -> Source:
+    """The ``Source`` of a consumed Kafka record (a negative timestamp means none)."""
+    timestamp = record.timestamp if record.timestamp is not None and record.timestamp >= 0 else None
+    return Source(record.topic, record.partition, record.offset, timestamp, record.key)
+
+
 def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None

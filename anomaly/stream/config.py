@@ -175,6 +175,22 @@ class ServeConfig:
     drift_window_records: int = _opt(
         10000, int, "scored records the drift gauges summarise (rolling window)"
     )
+    shadow_bundle: Path | None = _opt(
+        None,
+        _optional(Path),
+        "challenger bundle that scores every record beside the live one, never alerting",
+    )
+    shadow_scores_topic: str | None = _opt(
+        None, _optional(str), "topic for the shadow bundle's score messages (score schema)"
+    )
+    shadow_window_records: int = _opt(
+        10000, int, "scored records the shadow comparison summarises (rolling window)"
+    )
+    shadow_report: Path | None = _opt(
+        None,
+        _optional(Path),
+        "shadow comparison file for anomaly promote (default: SHADOW_BUNDLE.shadow.json)",
+    )
     auto_offset_reset: str = _opt("earliest", str, "where a new group starts: earliest | latest")
     session_timeout_ms: int = _opt(10000, int, "consumer group session timeout")
     heartbeat_interval_ms: int = _opt(1000, int, "consumer heartbeat interval")
@@ -218,6 +234,14 @@ class ServeConfig:
         timeout, capped at a third of ``max_poll_interval_ms`` so that the loop polls (and
         the member stays in its group) while the output is down."""
         return max(0.1, min(self.delivery_timeout_s, self.max_poll_interval_ms / 3000))
+
+    @property
+    def shadow_report_path(self) -> Path | None:
+        """Where serve writes the shadow comparison: beside the shadow bundle, not in it (a
+        file added to a signed bundle would stop it verifying)."""
+        if self.shadow_bundle is None:
+            return None
+        return self.shadow_report or shadow_report_for(self.shadow_bundle)
 
     def transaction_id(self) -> str:
         """The producer's transactional id: the setting, or ``anomaly-<group>-<hostname>``
@@ -302,6 +326,12 @@ class ServeConfig:
         settings.update(_accepted(self.client_settings(), KafkaProducer.DEFAULT_CONFIG))
         settings.update(self.producer or {})
         return settings
+
+
+def shadow_report_for(bundle: Path) -> Path:
+    """The default shadow comparison file of a challenger: ``DIR.shadow.json`` beside it."""
+    bundle = Path(bundle)
+    return bundle.parent / f"{bundle.name}.shadow.json"
 
 
 def _accepted(settings: Mapping[str, Any], known: Mapping[str, Any]) -> dict[str, Any]:
@@ -419,6 +449,19 @@ def _validate(config: ServeConfig) -> None:
         )
     if config.dlq_topic == config.input_topic or config.alert_topic == config.input_topic:
         raise ConfigError("the alert and dead-letter topics must differ from the input topic")
+    if config.shadow_bundle is None:
+        given = [n for n in ("shadow_scores_topic", "shadow_report") if getattr(config, n)]
+        if given:
+            raise ConfigError(f"{given[0]} needs shadow_bundle (--shadow-bundle)")
+    elif config.shadow_scores_topic in (
+        config.input_topic,
+        config.alert_topic,
+        config.dlq_topic,
+        config.scores_topic,
+    ):
+        raise ConfigError("the shadow scores topic must differ from every other topic")
+    if config.shadow_window_records < 1:
+        raise ConfigError("shadow_window_records must be at least 1")
 
 
 class SettingHelp(NamedTuple):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from anomaly.bundle.profile import Profile, psi
-from anomaly.stream.metrics import Metrics
+from anomaly.stream.metrics import DriftGauges, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +26,25 @@ log = logging.getLogger(__name__)
 class DriftMonitor:
     """PSI of the last ``window`` scored records against a bundle's reference profile."""
 
-    def __init__(self, profile: Profile, metrics: Metrics, window: int = 10000) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        metrics: Metrics,
+        window: int = 10000,
+        gauges: DriftGauges | None = None,
+    ) -> None:
         if window < 1:
             raise ValueError(f"drift window must be at least 1 record, got {window}")
         self.profile = profile
         self.metrics = metrics
         self.window = window
+        # the live bundle's gauges unless told otherwise (a shadow bundle has its own)
+        self.gauges = gauges or metrics.drift_gauges()
         self._batches: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
         self._records = 0
         self._score_counts = np.zeros(len(profile.score_edges) + 1, dtype=np.int64)
         self._feature_counts = [np.zeros(len(e) + 1, dtype=np.int64) for e in profile.feature_edges]
-        self._gauges = [metrics.feature_drift.labels(feature=n) for n in profile.feature_names]
+        self._gauges = [self.gauges.feature.labels(feature=n) for n in profile.feature_names]
 
     def __call__(self, batch: Any) -> None:
         """Observe one ``ScoredBatch`` (the service calls this after every scored batch)."""
@@ -55,10 +63,10 @@ class DriftMonitor:
         while self._records - self._batches[0][0] >= self.window:
             self._add(*self._batches.popleft(), -1)
         values = self.current()
-        self.metrics.score_drift.set(values["score"])
+        self.gauges.score.set(values["score"])
         for gauge, name in zip(self._gauges, self.profile.feature_names, strict=True):
             gauge.set(values[name])
-        self.metrics.drift_window.set(self._records)
+        self.gauges.window.set(self._records)
         return values
 
     def _add(self, n: int, score_counts: np.ndarray, stacked: np.ndarray, sign: int) -> None:
@@ -85,16 +93,26 @@ class DriftMonitor:
         return self._records
 
 
-def attach_drift(service: Any, bundle: Any, window: int) -> DriftMonitor | None:
-    """Observe every batch ``service`` scores with a monitor for ``bundle`` (if it can)."""
+def drift_monitor(
+    bundle: Any, metrics: Metrics, window: int, shadow: bool = False
+) -> DriftMonitor | None:
+    """A monitor for ``bundle`` publishing to the live (or shadow) gauges; None (and one log
+    line) for a bundle without a drift reference."""
     profile = Profile.from_manifest(getattr(bundle, "manifest", {}) or {})
     if profile is None:
         log.info(
-            "drift monitoring off: the bundle has no drift reference (trained before it "
+            "drift monitoring off: the %sbundle has no drift reference (trained before it "
             "existed; retrain to get anomaly_*_drift_psi)",
+            "shadow " if shadow else "",
             extra={"event": "drift_disabled"},
         )
         return None
-    monitor = DriftMonitor(profile, service.metrics, window)
-    service.observers.append(monitor)
+    return DriftMonitor(profile, metrics, window, metrics.drift_gauges(shadow))
+
+
+def attach_drift(service: Any, bundle: Any, window: int) -> DriftMonitor | None:
+    """Observe every batch ``service`` scores with a monitor for ``bundle`` (if it can)."""
+    monitor = drift_monitor(bundle, service.metrics, window)
+    if monitor is not None:
+        service.observers.append(monitor)
     return monitor

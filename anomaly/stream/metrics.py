@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from prometheus_client import (
@@ -95,6 +95,14 @@ class BatchHistogram(Collector):
     def describe(self) -> list[HistogramMetricFamily]:
         """Describe the family so the registry can refuse duplicate names."""
         return [HistogramMetricFamily(self.name, self.documentation)]
+
+
+class DriftGauges(NamedTuple):
+    """Where a drift monitor publishes: score PSI, per-feature PSI, window size."""
+
+    score: Gauge
+    feature: Gauge
+    window: Gauge
 
 
 class Metrics:
@@ -184,6 +192,12 @@ class Metrics:
             registry=r,
         )
         self.model_info = Info("anomaly_model", "The model bundle being served.", registry=r)
+        self.bundle_reloads = Counter(
+            "anomaly_bundle_reloads_total",
+            "Live bundle switches picked up while running (anomaly promote / --rollback).",
+            registry=r,
+        )
+        self._shadow_metrics(r)
         self.last_commit = Gauge(
             "anomaly_last_commit_timestamp_seconds",
             "Unix time of the last successful offset commit.",
@@ -199,6 +213,91 @@ class Metrics:
         self._ready = False
         self.liveness_timeout_s = 60.0
         self._last_beat: float | None = None
+
+    def _shadow_metrics(self, r: CollectorRegistry) -> None:
+        """The challenger's metrics (``serve --shadow-bundle``): what it would have done, and
+        how that compares with the live bundle over the comparison window."""
+        self.shadow_scored = Counter(
+            "anomaly_shadow_records_scored_total",
+            "Records the shadow (challenger) bundle scored.",
+            registry=r,
+        )
+        self.shadow_alerts = Counter(
+            "anomaly_shadow_alerts_total",
+            "Records the shadow bundle would have alerted on (never published as alerts).",
+            registry=r,
+        )
+        self.shadow_published = Counter(
+            "anomaly_shadow_scores_published_total",
+            "Shadow score messages published to the shadow scores topic.",
+            registry=r,
+        )
+        self.shadow_scoring_duration = Histogram(
+            "anomaly_shadow_scoring_duration_seconds",
+            "Wall time of the shadow bundle's score call on a micro-batch (its latency cost "
+            "beside anomaly_scoring_duration_seconds).",
+            buckets=SCORING_BUCKETS,
+            registry=r,
+        )
+        self.shadow_alert_ratio = Gauge(
+            "anomaly_shadow_alert_ratio",
+            "Share of the comparison window's records each bundle alerts on (role: live, shadow).",
+            ["role"],
+            registry=r,
+        )
+        self.shadow_jaccard = Gauge(
+            "anomaly_shadow_alert_jaccard_ratio",
+            "Records both bundles alert on over records either alerts on, in the comparison "
+            "window (1 when neither alerts).",
+            registry=r,
+        )
+        self.shadow_rank_correlation = Gauge(
+            "anomaly_shadow_score_rank_correlation",
+            "Spearman rank correlation of the live and shadow scores over the comparison window.",
+            registry=r,
+        )
+        self.shadow_window = Gauge(
+            "anomaly_shadow_window_records",
+            "Records the shadow comparison gauges summarise (the rolling window).",
+            registry=r,
+        )
+        self.shadow_threshold = Gauge(
+            "anomaly_shadow_threshold", "Score threshold of the shadow bundle.", registry=r
+        )
+        self.shadow_score_drift = Gauge(
+            "anomaly_shadow_score_drift_psi",
+            "Population stability index of the shadow score over its drift window against the "
+            "shadow bundle's calibration split.",
+            registry=r,
+        )
+        self.shadow_feature_drift = Gauge(
+            "anomaly_shadow_feature_drift_psi",
+            "Population stability index of each input feature over the shadow drift window "
+            "against the shadow bundle's training rows.",
+            ["feature"],
+            registry=r,
+        )
+        self.shadow_drift_window = Gauge(
+            "anomaly_shadow_drift_window_records",
+            "Scored records the shadow drift gauges summarise.",
+            registry=r,
+        )
+        self.shadow_reloads = Counter(
+            "anomaly_shadow_reloads_total",
+            "Shadow bundle switches picked up while running.",
+            registry=r,
+        )
+        self.shadow_info = Info(
+            "anomaly_shadow_model", "The shadow (challenger) bundle.", registry=r
+        )
+
+    def drift_gauges(self, shadow: bool = False) -> DriftGauges:
+        """The gauges a drift monitor publishes to: the live bundle's or the shadow's."""
+        if shadow:
+            return DriftGauges(
+                self.shadow_score_drift, self.shadow_feature_drift, self.shadow_drift_window
+            )
+        return DriftGauges(self.score_drift, self.feature_drift, self.drift_window)
 
     def beat(self) -> None:
         """The poll loop turned (its liveness heartbeat, read by /healthz)."""
@@ -230,6 +329,11 @@ class Metrics:
         self.model_info.info(
             {"name": name, "version": version, "backend": backend, "keras_version": keras_version}
         )
+
+    def switch_model(self, name: str, version: str) -> None:
+        """Publish another bundle in ``anomaly_model_info`` (same backend, a hot swap)."""
+        runtime = {k: v for k, v in self.model_info._value.items() if k not in ("name", "version")}
+        self.model_info.info({"name": name, "version": version, **runtime})
 
     def set_threshold(self, threshold: float, version: int, expected_rate: float | None) -> None:
         """Publish the threshold in use, its version and its calibration rate."""

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from anomaly.errors import AnomalyError, RecordError
-from anomaly.stream.alerts import AlertBuilder, Source
+from anomaly.stream.alerts import AlertBuilder, source_of
 from anomaly.stream.config import ServeConfig
 from anomaly.stream.metrics import Metrics
 from anomaly.stream.records import RecordDecoder
@@ -81,6 +81,7 @@ class BatchScorer:
         self.config = config
         self.scorer = scorer
         self.metrics = metrics
+        self.shadow: Any = None  # anomaly.stream.shadow.Shadow, scoring beside the live bundle
         self.decoder = RecordDecoder(
             scorer.schema.feature_names,
             extra_fields=config.extra_fields,
@@ -104,12 +105,16 @@ class BatchScorer:
         consuming (``anomaly serve`` does, at start-up): the first batch of each size
         otherwise pays for tracing the scoring graph (0.1-0.3 s each here) in the middle of
         the stream, a stall every record behind it waits out (bench/stream.py's latency tail)."""
+        width = len(self.scorer.schema.feature_names)
+        for size in self.batch_sizes():
+            self.scorer.score_components(np.zeros((size, width), dtype=np.float64))
+
+    def batch_sizes(self) -> list[int]:
+        """Every compiled batch size a micro-batch can be padded up to."""
         from detectors.base import SCORING_BUCKETS  # the sizes a batch is padded up to
 
-        width = len(self.scorer.schema.feature_names)
         sizes = [size for size in SCORING_BUCKETS if size < self.config.max_batch]
-        for size in [*sizes, self.config.max_batch]:
-            self.scorer.score_components(np.zeros((size, width), dtype=np.float64))
+        return [*sizes, self.config.max_batch]
 
     def process(self, batch: Sequence[Any], send: Send) -> ScoredBatch:
         """Decode, score and ``send`` every output of ``batch``."""
@@ -144,7 +149,8 @@ class BatchScorer:
     ) -> tuple[np.ndarray, int, int]:
         started = time.perf_counter()
         components = self.scorer.score_components(X)
-        self.metrics.scoring_duration.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.scoring_duration.observe(seconds)
         scores = np.asarray(components.score, dtype=np.float64)
         threshold = float(self.scorer.threshold)
         version = int(self.scorer.threshold_version)
@@ -161,11 +167,12 @@ class BatchScorer:
         names = components.component_names()
         columns = {name: np.asarray(components.component(name), dtype=np.float64) for name in names}
         scored_ms = int(time.time() * 1000)
-        anomalous = np.flatnonzero(finite & self.scorer.decide(scores))
+        flags = finite & self.scorer.decide(scores)
+        anomalous = np.flatnonzero(flags)
         if anomalous.size:
             chosen = [records[i] for i in anomalous]
             values = self.alerts.encode_alerts(
-                [_source(record) for record in chosen],
+                [source_of(record) for record in chosen],
                 [decoded[i].record_id for i in anomalous],
                 [decoded[i].fields for i in anomalous],
                 scores[anomalous],
@@ -181,7 +188,7 @@ class BatchScorer:
             kept = np.flatnonzero(finite)
             chosen = records if scored == len(records) else [records[i] for i in kept]
             values = self.alerts.encode_score_messages(
-                [_source(record) for record in chosen],
+                [source_of(record) for record in chosen],
                 [decoded[i].record_id for i in kept],
                 scores[kept],
                 {name: col[kept] for name, col in columns.items()},
@@ -191,6 +198,9 @@ class BatchScorer:
             )
             send(self.config.scores_topic, [record.key for record in chosen], values, None)
             self.metrics.scores_published.inc(scored)
+        if self.shadow is not None:
+            ids = [item.record_id for item in decoded]
+            self.shadow.score(records, ids, X, scores, flags, seconds, send, scored_ms)
         stamps = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
         stamps = stamps[finite & (stamps >= 0)]
         if stamps.size:
@@ -210,11 +220,6 @@ class BatchScorer:
         ]
         send(self.config.dlq_topic, [record.key], [record.value], [headers])
         self.metrics.dead_lettered.labels(reason=error.reason).inc()
-
-
-def _source(record: Any) -> Source:
-    timestamp = record.timestamp if record.timestamp is not None and record.timestamp >= 0 else None
-    return Source(record.topic, record.partition, record.offset, timestamp, record.key)
 
 
 def _class_name(error: BaseException) -> str:

@@ -15,7 +15,10 @@ quiet. ``_decide`` is the one place that turns a checkpoint result into what hap
 - commit failed (partitions moved): forget; the new owner re-reads.
 
 Revocation is handled in ``anomaly.stream.rebalance``, threshold hot reload in
-``anomaly.stream.threshold_reload``.
+``anomaly.stream.threshold_reload``, bundle hot swap (``anomaly promote``) in
+``anomaly.stream.bundle_reload``, the challenger of ``--shadow-bundle`` in
+``anomaly.stream.shadow``: every ``threshold_refresh_s`` the loop checks all of them, and a
+swap happens between two batches, so each record is scored by exactly one live bundle.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
+from anomaly.errors import AnomalyError
+from anomaly.stream.bundle_reload import BundleWatcher
 from anomaly.stream.checkpoint import Checkpoint, DeliveryError, ExitCode, Outcome, Result
 from anomaly.stream.config import ServeConfig
 from anomaly.stream.metrics import Metrics
@@ -114,9 +119,13 @@ class StreamService:
         self.checkpoint = Checkpoint()
         self.observers: list[Callable[[ScoredBatch], None]] = []
         self.state = LoopState.RUNNING
-        self.threshold = ThresholdWatcher(
-            scorer, self.metrics, config.threshold_refresh_s, time.monotonic()
-        )
+        self.threshold = ThresholdWatcher(scorer, self.metrics)
+        self.drift: Callable[[ScoredBatch], None] | None = None  # the live drift observer
+        self.shadow: Any = None  # anomaly.stream.shadow.Shadow when --shadow-bundle
+        # set by anomaly.stream.startup: where the live / shadow bundle paths resolve
+        self.bundle_watch: BundleWatcher[BatchScorer] | None = None
+        self.shadow_watch: BundleWatcher[Any] | None = None
+        self._watched = time.monotonic()
         self._consumer = consumer
         self._stop = stop_event or threading.Event()
         self.pending: list[Any] = []  # polled, not yet scored
@@ -182,6 +191,8 @@ class StreamService:
                 self.pending = []  # not scored, not committed: re-read after a restart
             failure = self._process_pending()
             status = self._decide(failure or self._checkpoint(), final=True) or ExitCode.OK
+            if self.shadow is not None:
+                self.shadow.publish(self.scorer)  # the report as of the last batch
         except DeliveryError as exc:
             log.error(str(exc), extra={"event": "gave_up", "failures": self._failures})
             status = ExitCode.GAVE_UP
@@ -245,7 +256,82 @@ class StreamService:
             result = self._checkpoint()
         if result is not None:
             self._decide(result)
-        self.threshold.maybe_refresh(now)
+        self._watch(now)
+
+    # --- hot reloads: threshold, live bundle, shadow ------------------------------------------
+    def _watch(self, now: float) -> None:
+        """Every ``threshold_refresh_s``: a bundle switch, else a threshold change; the
+        shadow's switch, threshold and report."""
+        if now - self._watched < self.config.threshold_refresh_s:
+            return
+        self._watched = now
+        if self.bundle_watch is not None:
+            batches = self.bundle_watch.poll()
+            if batches is not None:
+                self.switch_bundle(batches)
+        if self.bundle_watch is None or not self.bundle_watch.switching:
+            # while a switch loads, the live path's manifest is the next bundle's: not a
+            # threshold change of this one
+            self.threshold.refresh()
+        if self.shadow is None:
+            return
+        if self.shadow_watch is not None:
+            bundle = self.shadow_watch.poll()
+            if bundle is not None:
+                self.switch_shadow(bundle)
+        if self.shadow_watch is None or not self.shadow_watch.switching:
+            self.shadow.refresh_threshold()
+        self.shadow.publish(self.scorer)
+
+    def switch_bundle(self, batches: BatchScorer) -> None:
+        """Make ``batches`` (a loaded, warmed-up bundle) live from the next batch on."""
+        from anomaly.stream.drift import drift_monitor
+
+        previous = self.scorer
+        batches.shadow = self.batches.shadow
+        self.batches, self.scorer = batches, batches.scorer
+        self.threshold = ThresholdWatcher(self.scorer, self.metrics)
+        self.threshold.publish()
+        monitor = drift_monitor(self.scorer, self.metrics, self.config.drift_window_records)
+        self.observers = [o for o in self.observers if o is not self.drift]
+        if monitor is not None:
+            self.observers.append(monitor)
+        self.drift = monitor
+        self.metrics.switch_model(self.scorer.model_name, self.scorer.model_version)
+        self.metrics.bundle_reloads.inc()
+        if self.shadow is not None:
+            self.shadow.restart()
+        log.info(
+            "bundle switched",
+            extra={
+                "event": "bundle_switched",
+                "previous_version": previous.model_version,
+                "model": self.scorer.model_name,
+                "model_version": self.scorer.model_version,
+                "threshold": float(self.scorer.threshold),
+            },
+        )
+
+    def switch_shadow(self, bundle: Any) -> None:
+        """Score with another challenger from the next batch on (its comparison restarts)."""
+        from anomaly.stream.shadow import require_same_features
+
+        try:
+            require_same_features(self.scorer, bundle)
+        except AnomalyError as exc:
+            log.error(str(exc) + "; the current shadow stays", extra={"event": "shadow_refused"})
+            return
+        previous = self.shadow.bundle.model_version
+        self.shadow.use(bundle)
+        self.metrics.shadow_reloads.inc()
+        log.info(
+            "shadow bundle switched",
+            extra={
+                "event": "shadow_switched",
+                "previous_version": previous,
+                "model_version": bundle.model_version,
+            },
+        )
 
     def _rewind_kept(
         self, polled: dict[TopicPartition, list[Any]]

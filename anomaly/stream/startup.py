@@ -13,10 +13,14 @@ the ``on_start`` / ``on_stop`` hooks.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from anomaly.stream.checkpoint import ExitCode
 from anomaly.stream.config import ConfigError, ServeConfig
@@ -117,6 +121,57 @@ def _stopped_during_startup(stage: str) -> int:
     return int(ExitCode.OK)
 
 
+def attach_shadow(service: StreamService, config: ServeConfig, bundle: Any) -> None:
+    """Score every batch of ``service`` with the challenger ``bundle`` too (warmed up)."""
+    from anomaly.stream.shadow import Shadow
+
+    shadow = Shadow(config, bundle, service.metrics)
+    shadow.warm_up(service.batches.batch_sizes())
+    service.shadow = service.batches.shadow = shadow
+    log.info(
+        "shadow scoring",
+        extra={
+            "event": "shadow_started",
+            "model": bundle.model_name,
+            "model_version": bundle.model_version,
+            "report": str(shadow.report_path),
+        },
+    )
+
+
+def watch_bundles(
+    service: StreamService,
+    config: ServeConfig,
+    trust: dict[str, Any],
+    live_dir: Path,
+    shadow_dir: Path | None,
+) -> None:
+    """Hot swap: when the live (or shadow) path resolves to another bundle, load it with the
+    same trust settings, warm it up beside the loop and switch between two batches."""
+    from anomaly.bundle.bundle import Bundle
+    from anomaly.stream.bundle_reload import BundleWatcher
+    from anomaly.stream.scoring import BatchScorer, require_tabular
+
+    def load_live(path: Path) -> BatchScorer:
+        batches = BatchScorer(config, Bundle.load(path, **trust), service.metrics)
+        batches.warm_up()
+        return batches
+
+    def load_shadow(path: Path) -> Any:
+        bundle = Bundle.load(path, **trust)
+        require_tabular(bundle.schema)
+        width = len(bundle.schema.feature_names)
+        for size in service.batches.batch_sizes():
+            bundle.score_components(np.zeros((size, width), dtype=np.float64))
+        return bundle
+
+    service.bundle_watch = BundleWatcher(config.bundle, load_live, live_dir, "live")
+    if shadow_dir is not None:
+        service.shadow_watch = BundleWatcher(
+            config.shadow_bundle, load_shadow, shadow_dir, "shadow"
+        )
+
+
 def serve(
     config: ServeConfig, *, on_start: StartHook | None = None, on_stop: StopHook | None = None
 ) -> int:
@@ -142,26 +197,37 @@ def serve(
         from anomaly.stream.scoring import require_tabular
 
         trust = {"public_key": config.public_key, "require_signature": config.require_signature}
+        # the directories the paths resolve to now: `anomaly promote` re-points a link later
+        live_dir = Path(os.path.realpath(config.bundle))
+        shadow_dir = config.shadow_bundle and Path(os.path.realpath(config.shadow_bundle))
         # a bundle that is missing, tampered with, unsigned or of images is refused first
         # (manifest, checksums and signature: no Keras yet), then the broker is probed, and
         # only then do the networks load (seconds), so neither refusal waits for TensorFlow
-        require_tabular(Bundle.load(config.bundle, model=False, **trust).schema)
+        checked = Bundle.load(live_dir, model=False, **trust)
+        require_tabular(checked.schema)
+        if shadow_dir:
+            from anomaly.stream.shadow import require_same_features
+
+            require_same_features(checked, Bundle.load(shadow_dir, model=False, **trust))
         check_broker(config)
         if shutdown.requested:
             return _stopped_during_startup("broker")
         from anomaly.stream.drift import attach_drift
         from anomaly.stream.service import StreamService
 
-        bundle = Bundle.load(config.bundle, **trust)
+        bundle = Bundle.load(live_dir, **trust)
         if shutdown.requested:
             return _stopped_during_startup("bundle")
         backend, keras_version = backend_info()
         metrics.set_model(str(bundle.model_name), str(bundle.model_version), backend, keras_version)
         service = StreamService(config, bundle, metrics, stop_event=shutdown.event)
         service.batches.warm_up()
+        if shadow_dir:
+            attach_shadow(service, config, Bundle.load(shadow_dir, **trust))
         if shutdown.requested:
             return _stopped_during_startup("warm-up")
-        attach_drift(service, bundle, config.drift_window_records)
+        service.drift = attach_drift(service, bundle, config.drift_window_records)
+        watch_bundles(service, config, trust, live_dir, shadow_dir)
         if on_start is not None:
             on_start(service, server)
         status = service.run()

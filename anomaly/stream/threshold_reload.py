@@ -1,6 +1,6 @@
 """Threshold hot reload: ``Bundle.refresh_threshold()`` (a stat of the manifest) every
-``threshold_refresh_s``; a change is logged and counted in ``anomaly_threshold_reloads_total``,
-and the next batch uses it."""
+``threshold_refresh_s`` (the loop's clock, ``anomaly.stream.service``); a change is logged
+and counted in ``anomaly_threshold_reloads_total``, and the next batch uses it."""
 
 from __future__ import annotations
 
@@ -14,13 +14,12 @@ log = logging.getLogger(__name__)
 
 
 class ThresholdWatcher:
-    """Publishes the scorer's threshold and re-reads it at most every ``every_s`` seconds."""
+    """Publishes the scorer's threshold and re-reads it when asked (the loop asks every
+    ``threshold_refresh_s``, between batches)."""
 
-    def __init__(self, scorer: Scorer, metrics: Metrics, every_s: float, now: float):
+    def __init__(self, scorer: Scorer, metrics: Metrics):
         self.scorer = scorer
         self.metrics = metrics
-        self.every_s = every_s
-        self._last = now
 
     def publish(self) -> None:
         """Set the threshold gauges from the scorer."""
@@ -30,11 +29,8 @@ class ThresholdWatcher:
             self.scorer.expected_anomaly_rate,
         )
 
-    def maybe_refresh(self, now: float) -> None:
-        """Re-read the threshold when ``every_s`` has passed (monotonic ``now``)."""
-        if now - self._last < self.every_s:
-            return
-        self._last = now
+    def refresh(self) -> None:
+        """Re-read the threshold; a change is logged, counted and published."""
         before = float(self.scorer.threshold)
         try:
             changed = self.scorer.refresh_threshold()
