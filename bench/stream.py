@@ -1,7 +1,7 @@
 """Stream benchmark: raw kafka-python consume→produce vs `anomaly serve`, on one broker.
 
     python bench/stream.py [--records 200000] [--rate 5000] [--latency-seconds 20]
-                           [--exactly-once] [--bank-rows 4096] [--pinning exclusive]
+                           [--exactly-once] [--shadow] [--bank-rows 4096] [--pinning exclusive]
                            [--out bench/out/stream.json] [--table RESULT.json]
 
 1. Starts a local Tansu broker (or uses KAFKA_BOOTSTRAP), trains a small GANomaly bundle on
@@ -17,7 +17,11 @@
    - serve + scores: also one score message per record (as many sends as the raw loop);
    - with ``--exactly-once``, both serve phases again with a transactional producer
      (``--exactly-once``: each checkpoint commits the outputs and the offsets in one
-     transaction, every second).
+     transaction, every second);
+   - with ``--shadow``, serve (alerts only) again with a challenger bundle (the same
+     recipe, another seed) scoring every batch beside the live one: once publishing its
+     score messages to a shadow scores topic, once with the comparison metrics only; the
+     shadow's cost is read as a ratio to the alerts-only serve phase of the same run.
 3. Latency: a separate producer process offers ``--rate`` records/s for
    ``--latency-seconds``, pinned with taskset to the last CPU while this process (serve) and
    the broker are kept off it (``--pinning exclusive``, the default where there are 2+ CPUs
@@ -59,6 +63,11 @@ from anomaly.demo import synthetic  # noqa: E402
 from anomaly.demo.broker import LocalBroker, create_topic  # noqa: E402
 
 PARTITIONS = 3
+SHADOW_ROWS = (
+    ("serve, default (alerts only)", "serve_records_per_s"),
+    ("serve + `--shadow-bundle` + `--shadow-scores-topic`", "shadow_records_per_s"),
+    ("serve + `--shadow-bundle`, metrics only", "shadow_metrics_only_records_per_s"),
+)
 
 OFFERED_LOAD = r"""
 import sys, time
@@ -139,11 +148,15 @@ def serve_config(
     group: str,
     scores: str | None,
     exactly_once: bool = False,
+    shadow: Path | None = None,
+    shadow_scores: str | None = None,
 ):
     from anomaly.stream.config import load_serve_config
 
     return load_serve_config(
         {
+            "shadow_bundle": None if shadow is None else str(shadow),
+            "shadow_scores_topic": shadow_scores,
             "bundle": str(bundle),
             "input_topic": topic,
             "alert_topic": "bench-alerts",
@@ -168,16 +181,21 @@ def serve_loop(
     group: str,
     scores: str | None,
     exactly_once: bool = False,
+    shadow: Path | None = None,
+    shadow_scores: str | None = None,
 ) -> float:
     """records/s of the real StreamService over ``n`` records (first consumed → last committed)."""
     from anomaly.bundle.bundle import Bundle
     from anomaly.stream.service import StreamService
+    from anomaly.stream.startup import attach_shadow
 
-    service = StreamService(
-        serve_config(bootstrap, bundle_path, topic, group, scores, exactly_once),
-        Bundle.load(bundle_path),
+    config = serve_config(
+        bootstrap, bundle_path, topic, group, scores, exactly_once, shadow, shadow_scores
     )
+    service = StreamService(config, Bundle.load(bundle_path))
     service.batches.warm_up()  # as `anomaly serve` does before it consumes
+    if shadow is not None:
+        attach_shadow(service, config, Bundle.load(shadow))  # warmed up too
     marks: dict[str, float] = {}
 
     def watch() -> None:
@@ -295,19 +313,19 @@ def decode_cost() -> float:
     return best
 
 
-def train(out: Path, bank_rows: int) -> Path:
+def train(out: Path, bank_rows: int, seed: int = 0) -> Path:
     from anomaly.bundle.schema import Schema
     from anomaly.bundle.training import train_bundle
 
-    data = synthetic.generate(6000, 0.0, seed=0)
-    path = out / "bundle"
+    data = synthetic.generate(6000, 0.0, seed=seed)
+    path = out / ("bundle" if seed == 0 else f"bundle-{seed}")
     train_bundle(
         data.X,
         path,
         Schema.tabular(data.feature_names),
         detector_params={"epochs": 5, "batch_size": 128, "bank_rows": bank_rows},
         log1p_columns=["Amount"],
-        seed=0,
+        seed=seed,
         name="bench",
     )
     return path
@@ -334,6 +352,22 @@ def table(result: dict) -> str:
     for name, rate in rows:
         load = result["load"].get(name, "")
         lines.append(f"| {name} | {rate:,.0f} | **{rate / raw:.2f}** | {load} |")
+    if "shadow_records_per_s" in result:
+        serve = result["serve_records_per_s"]
+        lines += [
+            "",
+            "Shadow scoring (`--shadow-bundle`, a challenger of the same size), against the "
+            "alerts-only serve phase of this run:",
+            "",
+            "| loop | records/s | vs serve | vs raw | load (1 min) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, key in SHADOW_ROWS:
+            rate = result[key]
+            load = result["load"].get(name, "")
+            lines.append(
+                f"| {name} | {rate:,.0f} | **{rate / serve:.2f}** | {rate / raw:.2f} | {load} |"
+            )
     live = result["latency"]
     if "p99_ms" in live:
         settings = live["serve_settings"]
@@ -369,6 +403,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--exactly-once", action="store_true", help="Also time both serve phases transactional."
+    )
+    parser.add_argument(
+        "--shadow",
+        action="store_true",
+        help="Also time serve with a challenger bundle scoring in shadow (two phases).",
     )
     parser.add_argument(
         "--pinning",
@@ -464,6 +503,29 @@ def main() -> None:
             "exactly_once_with_scores_ratio": eos_scores / raw,
             "exactly_once_with_scores_vs_serve_with_scores": eos_scores / serve_scores,
         }
+    shadow = {}
+    if args.shadow:
+        challenger = train(work, args.bank_rows, seed=1)
+        published = phase(
+            "shadow",
+            SHADOW_ROWS[1][0],
+            lambda b, t: serve_loop(
+                b, bundle, t, n, f"shadow-{t}", None, shadow=challenger, shadow_scores=f"sh-{t}"
+            ),
+        )
+        print(f"serve + shadow (+ shadow scores topic): {published:,.0f} records/s", flush=True)
+        metrics_only = phase(
+            "shadowmetrics",
+            SHADOW_ROWS[2][0],
+            lambda b, t: serve_loop(b, bundle, t, n, f"shadowm-{t}", None, shadow=challenger),
+        )
+        print(f"serve + shadow (metrics only): {metrics_only:,.0f} records/s", flush=True)
+        shadow = {
+            "shadow_records_per_s": published,
+            "shadow_vs_serve": published / serve,
+            "shadow_metrics_only_records_per_s": metrics_only,
+            "shadow_metrics_only_vs_serve": metrics_only / serve,
+        }
     live = {}
     if args.latency_seconds > 0:
         generator_cpus, serve_cpus = cpu_plan(args.pinning)
@@ -492,6 +554,7 @@ def main() -> None:
         "serve_with_scores_records_per_s": serve_scores,
         "serve_with_scores_ratio": serve_scores / raw,
         **exactly_once,
+        **shadow,
         "load": load,
         "latency": {"offered_rate": args.rate, "seconds": args.latency_seconds, **live},
     }

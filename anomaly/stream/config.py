@@ -453,7 +453,7 @@ def _validate(config: ServeConfig) -> None:
         given = [n for n in ("shadow_scores_topic", "shadow_report") if getattr(config, n)]
         if given:
             raise ConfigError(f"{given[0]} needs shadow_bundle (--shadow-bundle)")
-    elif config.shadow_scores_topic in (
+    elif config.shadow_scores_topic and config.shadow_scores_topic in (
         config.input_topic,
         config.alert_topic,
         config.dlq_topic,
