@@ -25,8 +25,9 @@ pytestmark = [pytest.mark.kafka]
 
 SMALL = ("--epochs", "2", "--hidden", "16,8", "--quiet", "--target-fpr", "0.05")
 # what the operator allows after a drift: the live bundle over-alerts on the moved traffic,
-# so the challenger's alert rate may differ more than the default 3x (measured: ~3.4x)
-BOUNDS = ("--min-records", "400", "--max-change", "5", "--min-overlap", "0.2")
+# so the challenger's alert rate may differ more than the default 3x and overlap less
+# (measured offline: good ~3.4x and Jaccard ~0.28; fraud-heavy ~32x and ~0.03)
+BOUNDS = ("--min-records", "400", "--max-change", "5", "--min-overlap", "0.15")
 MIXING = np.random.default_rng(0).normal(size=(2, 5))  # make_tabular_data(seed=0)'s
 
 
@@ -145,7 +146,7 @@ def test_drift_retrain_shadow_promote_switch_rollback(kafka_bootstrap, tiny_bund
         samples = serve.metrics()
         assert samples["anomaly_shadow_records_scored_total{}"] == 525
         assert samples["anomaly_shadow_window_records{}"] == 525
-        assert samples["anomaly_shadow_alert_jaccard_ratio{}"] < 0.2
+        assert samples["anomaly_shadow_alert_jaccard_ratio{}"] < 0.15
         assert f"anomaly_shadow_model_info{{name=bad,version={bad_version}}}" in samples
         refused = cli("promote", live, challenger, *BOUNDS)
         assert refused.exit_code == 2, refused.output
