@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 
@@ -12,6 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from anomaly.stream.metrics import Metrics, MetricsServer
+from testsupport.kafka import committed, new_topics
+from testsupport.reliability import produce_records
 
 CONTRACT = {
     "anomaly_records_consumed": "counter",
@@ -155,3 +160,31 @@ def test_binds_the_configured_address_only(served):
     host, port = server.address
     assert host == "127.0.0.1"
     assert server.url == f"http://127.0.0.1:{port}/metrics"
+
+
+def test_serve_on_a_taken_metrics_port_is_one_line_exit_2_and_consumes_nothing(
+    tiny_bundle, kafka_bootstrap
+):
+    """A port another process listens on: one `error:` line naming it, exit 2, no
+    traceback, and the group commits nothing (the records stay for a serve that starts)."""
+    topics = new_topics(kafka_bootstrap)
+    produce_records(kafka_bootstrap, topics["input_topic"], 20)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flags = [f"--{key.replace('_', '-')}={value}" for key, value in topics.items()]
+        proc = subprocess.run(
+            [shutil.which("anomaly") or "anomaly", "serve", "--bundle", str(tiny_bundle),
+             "--bootstrap-servers", kafka_bootstrap, "--metrics-port", str(port), *flags],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )  # fmt: skip
+        assert taken.getsockname()[1] == port  # still ours
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: "), proc.stderr[-2000:]
+    assert f"127.0.0.1:{port}" in errors[0] and "in use" in errors[0], errors[0]
+    assert "--metrics-port" in errors[0]
+    assert committed(kafka_bootstrap, topics["group"], topics["input_topic"], 1) == {0: None}

@@ -17,6 +17,7 @@ stopping.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -38,7 +39,7 @@ from prometheus_client import (
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from anomaly.stream.config import DEFAULT_HOST, DEFAULT_PORT
+from anomaly.stream.config import DEFAULT_HOST, DEFAULT_PORT, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -429,12 +430,31 @@ class _Server(ThreadingHTTPServer):
         log.debug("metrics http: error while serving %s", client_address, exc_info=True)
 
 
+def _bind_failure(host: str, port: int, exc: OSError) -> str:
+    """One line saying why the metrics server cannot listen at ``host:port`` and what to change."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        why = "the port is in use (another serve on this host?); choose another --metrics-port"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = "this host has no such address; check --metrics-host"
+    elif exc.errno == errno.EACCES:
+        why = "permission denied (ports below 1024 need privileges); choose another --metrics-port"
+    elif isinstance(exc, socket.gaierror):
+        why = f"unknown host ({exc.strerror}); check --metrics-host"
+    else:
+        why = f"{exc.strerror or exc}; check --metrics-host and --metrics-port"
+    return f"cannot serve metrics at {where}: {why}"
+
+
 class MetricsServer:
     """Background HTTP server for /metrics, /healthz and /readyz; port 0 picks a free one."""
 
     def __init__(self, metrics: Metrics, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
         handler = type("Handler", (_Handler,), {"metrics": metrics})
-        self._server = _Server((host, port), handler)
+        try:
+            self._server = _Server((host, port), handler)
+        except OSError as exc:  # a taken port is a setting to change, not a crash
+            raise ConfigError(_bind_failure(host, port, exc)) from None
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.1,), name="metrics-http", daemon=True
         )
