@@ -9,6 +9,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +34,25 @@ CONTRACT = {
     "anomaly_threshold_version": "gauge",
     "anomaly_threshold_reloads": "counter",
     "anomaly_expected_anomaly_rate": "gauge",
+    "anomaly_feature_drift_psi": "gauge",
+    "anomaly_score_drift_psi": "gauge",
+    "anomaly_drift_window_records": "gauge",
     "anomaly_model_info": "gauge",  # the Prometheus text format writes an Info as a gauge
+    "anomaly_bundle_reloads": "counter",
+    "anomaly_shadow_records_scored": "counter",
+    "anomaly_shadow_alerts": "counter",
+    "anomaly_shadow_scores_published": "counter",
+    "anomaly_shadow_scoring_duration_seconds": "histogram",
+    "anomaly_shadow_alert_ratio": "gauge",
+    "anomaly_shadow_alert_jaccard_ratio": "gauge",
+    "anomaly_shadow_score_rank_correlation": "gauge",
+    "anomaly_shadow_window_records": "gauge",
+    "anomaly_shadow_threshold": "gauge",
+    "anomaly_shadow_score_drift_psi": "gauge",
+    "anomaly_shadow_feature_drift_psi": "gauge",
+    "anomaly_shadow_drift_window_records": "gauge",
+    "anomaly_shadow_reloads": "counter",
+    "anomaly_shadow_model_info": "gauge",
     "anomaly_last_commit_timestamp_seconds": "gauge",
     "anomaly_commits": "counter",
     "anomaly_assigned_partitions": "gauge",
@@ -89,6 +108,24 @@ def test_every_contract_metric_is_exposed_with_its_type(served):
     families = {f.name: f.type for f in text_string_to_metric_families(body.decode())}
     for name, kind in CONTRACT.items():
         assert families.get(name) == kind, name
+    # and nothing outside it (the text parser reads a counter's `_created` as its own family)
+    exposed = {name for name in families if not name.endswith("_created")}
+    assert exposed == set(CONTRACT), exposed ^ set(CONTRACT)
+
+
+def test_the_contract_is_the_table_in_internal_contracts():
+    """docs/INTERNAL_CONTRACTS.md lists the same metrics with the same types as CONTRACT."""
+    text = (Path(__file__).parents[1] / "docs" / "INTERNAL_CONTRACTS.md").read_text()
+    table = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("anomaly_"):
+            name, kind = cells[0], cells[1]
+            if kind == "counter":  # the family is named without `_total`
+                name = name.removesuffix("_total")
+            documented[name] = "gauge" if kind == "info" else kind
+    assert documented == CONTRACT
 
 
 def test_counts_and_batch_histograms_read_back_over_http(served):
