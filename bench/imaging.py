@@ -65,6 +65,7 @@ COMPONENTS = (
     "latent",
     "discriminator",
     "discriminator_map",
+    "discriminator_rotation",
 )
 ANCHORS = ("knn_raw", "knn_unit", "knn_zscore", "iforest", "pca", "conv_ae")
 CLI = [sys.executable, "-m", "anomaly.cli"]
@@ -123,10 +124,11 @@ def tasks(domain: str, data: Path, seed: int, only: set[str] | None) -> Iterator
 
 
 def detector_scores(
-    task: Task, seed: int, work: Path, epochs: int | None
+    task: Task, seed: int, work: Path, epochs: int | None, keep: bool = False
 ) -> tuple[dict[str, np.ndarray], float, float]:
     """Train and score through the CLI at its defaults (``epochs`` 0: the random ablation);
-    returns (scores by column, train s, score s)."""
+    returns (scores by column, train s, score s). ``keep``: the scores and the bundle's
+    manifest stay in ``work``/kept (for studying how components combine)."""
     shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left behind
     work.mkdir(parents=True)
     np.savez(work / "train.npz", images=task.train)
@@ -149,6 +151,12 @@ def detector_scores(
     score_s = time.perf_counter() - started
     with open(report / "scores.csv", newline="") as fh:
         rows = sorted(csv.DictReader(fh), key=lambda r: int(r["frame"]))
+    if keep:
+        kept = work.parent / "kept" / work.name
+        kept.mkdir(parents=True, exist_ok=True)
+        shutil.copy(report / "scores.csv", kept / "scores.csv")
+        shutil.copy(bundle / "manifest.json", kept / "manifest.json")
+        np.save(kept / "labels.npy", task.labels)
     shutil.rmtree(work)  # a bundle's memory banks take tens of MB; many runs add up
     if len(rows) != len(task.test):
         raise RuntimeError(f"scored {len(rows)} of {len(task.test)} test images")
@@ -244,10 +252,12 @@ def anchor_scores(
     return out
 
 
-def run_one(task: Task, seed: int, work: Path, ablation: bool, conv_ae: bool) -> dict:
+def run_one(
+    task: Task, seed: int, work: Path, ablation: bool, conv_ae: bool, keep: bool = False
+) -> dict:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    scores, train_s, score_s = detector_scores(task, seed, work, None)
+    scores, train_s, score_s = detector_scores(task, seed, work, None, keep)
     row: dict = {
         "domain": task.domain,
         "task": task.name,
@@ -367,6 +377,11 @@ def main() -> None:
         action="store_true",
         help="Skip the conv-autoencoder anchor (it trains as long as the detector).",
     )
+    parser.add_argument(
+        "--keep-scores",
+        action="store_true",
+        help="Keep each run's scores.csv and manifest under OUT/runs/kept.",
+    )
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "imaging")
     parser.add_argument(
@@ -396,7 +411,9 @@ def main() -> None:
                     if (domain, task.name, seed) in done:
                         continue
                     work = args.out / "runs" / f"{domain}_{task.name}_s{seed}"
-                    row = run_one(task, seed, work, args.ablation, not args.no_conv_ae)
+                    row = run_one(
+                        task, seed, work, args.ablation, not args.no_conv_ae, args.keep_scores
+                    )
                     row["backend"] = keras.backend.backend()
                     print(json.dumps(row), flush=True)
                     with open(results, "a", encoding="utf-8") as fh:

@@ -27,6 +27,7 @@ from detectors.base import (
 )
 from detectors.losses import bce_with_logits, call_frozen, per_sample_mean
 from detectors.memory import KernelBoundary, MemoryBank, unit_rows
+from detectors.rotation import TURNS, random_rotation, rotate, rotation_loss, rotation_nll
 from detectors.supervision import fit_head
 from detectors.synthetic import local_anomalies
 from detectors.training import (
@@ -53,6 +54,7 @@ IMAGE_WEIGHTS = {
     "encoder_knn": 1.0,
     "discriminator_knn": 1.0,
     "discriminator_map": 0.0,
+    "discriminator_rotation": 1.0,
     "reconstruction": 0.0,
     "latent": 0.0,
     "discriminator": 0.0,
@@ -80,6 +82,9 @@ LABEL_HEAD = "label_head"
 # The discriminator's anomaly map (images): mean of its top TOP_CELLS_FRACTION cells
 LOCAL_MAP = "discriminator_map"
 TOP_CELLS_FRACTION = 0.1
+# The discriminator's rotation head (images): how badly it predicts the quarter turns of an
+# image (``detectors.rotation``)
+ROTATION = "discriminator_rotation"
 # How image banks see an image: "invariant" (photometric + structural views, the default) or
 # "raw" (both on the raw image, what bundles written before the views used)
 BANK_VIEWS = ("invariant", "raw")
@@ -109,6 +114,7 @@ class GANomalyNet(keras.Model):
         w_con: float,
         w_enc: float,
         w_local: float = 1.0,
+        w_rotation: float = 1.0,
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -125,7 +131,13 @@ class GANomalyNet(keras.Model):
         self.con_tracker = keras.metrics.Mean(name="con")
         self.enc_tracker = keras.metrics.Mean(name="enc")
         self.local_tracker = keras.metrics.Mean(name="local")
+        self.rotation_tracker = keras.metrics.Mean(name="rotation")
         self.w_local = float(w_local)
+        self.w_rotation = float(w_rotation)
+        self.has_local = networks.has_layer(self.discriminator, "discriminator_local_logit")
+        self.has_rotation = networks.has_layer(
+            self.discriminator, networks.ROTATION_LOGITS.format("discriminator")
+        )
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, x: Any, training: bool = False) -> tuple[Any, Any, Any]:
@@ -155,7 +167,8 @@ class GANomalyNet(keras.Model):
         real = disc(x, training=training)
         logit_fake = disc(ops.stop_gradient(x_hat), training=training)[0]
         d_loss = 0.5 * (bce_with_logits(1.0, real[0]) + bce_with_logits(0.0, logit_fake))
-        local = self._local_loss(x, real[2], training) if len(real) > 2 else 0.0
+        local = self._local_loss(x, real[2], training) if self.has_local else 0.0
+        rotation = self._rotation_loss(x, real[-1], training) if self.has_rotation else 0.0
 
         for tracker, value in (
             (self.g_tracker, g_loss),
@@ -164,9 +177,10 @@ class GANomalyNet(keras.Model):
             (self.con_tracker, con),
             (self.enc_tracker, enc),
             (self.local_tracker, local),
+            (self.rotation_tracker, rotation),
         ):
             tracker.update_state(value)
-        return g_loss + d_loss + self.w_local * local
+        return g_loss + d_loss + self.w_local * local + self.w_rotation * rotation
 
     def _local_loss(self, x: Any, local_real: Any, training: bool) -> Any:
         """The anomaly map's loss: every cell of a normal image says "normal"; on a copy with
@@ -178,6 +192,14 @@ class GANomalyNet(keras.Model):
         covered = ops.average_pool(mask, pool, pool, padding="valid")
         bad = ops.binary_crossentropy(covered, local_bad, from_logits=True)
         return 0.5 * (ops.mean(bad) + bce_with_logits(0.0, local_real))
+
+    def _rotation_loss(self, x: Any, upright_logits: Any, training: bool) -> Any:
+        """SS-GAN's auxiliary task on real images: the upright batch (its logits from the
+        real pass) says 0 turns, a copy turned by a random 1-3 quarter turns says how many."""
+        turned, turns = random_rotation(x, self.seed_generator)
+        turned_logits = self.discriminator(turned, training=training)[-1]
+        upright = ops.zeros((ops.shape(x)[0],), "int32")
+        return 0.5 * (rotation_loss(upright_logits, upright) + rotation_loss(turned_logits, turns))
 
     def reinitialise_discriminator(self) -> None:
         """Fresh random discriminator weights (the reference's answer to D collapse)."""
@@ -228,6 +250,7 @@ class GANomaly(GANDetector):
         w_con: float = 50.0,
         w_enc: float = 1.0,
         w_local: float = 1.0,
+        w_rotation: float = 1.0,
         learning_rate: float = 2e-4,
         beta_1: float = 0.5,
         epochs: int | None = None,
@@ -252,6 +275,7 @@ class GANomaly(GANDetector):
         self.devices = devices
         self.w_adv, self.w_con, self.w_enc = w_adv, w_con, w_enc
         self.w_local = w_local
+        self.w_rotation = w_rotation
         self.learning_rate = learning_rate
         self.beta_1 = beta_1
         self.epochs = epochs
@@ -319,6 +343,7 @@ class GANomaly(GANDetector):
                 self.w_con,
                 self.w_enc,
                 w_local=self.w_local,
+                w_rotation=self.w_rotation,
                 seed=self.seed,
             )
             net.compile(
@@ -367,11 +392,16 @@ class GANomaly(GANDetector):
         return IMAGE_EPOCHS if self.is_image else RECORD_EPOCHS
 
     def _build_discriminator(self) -> keras.Model:
-        """Images get the anomaly-map head unless ``w_local`` is 0."""
+        """Images get the anomaly-map head unless ``w_local`` is 0 and the rotation head
+        unless ``w_rotation`` is 0."""
         shape = self._model_shape()
         if self.is_image:
             return networks.conv_discriminator(
-                shape[0], shape[2], self.conv_filters(), local_head=self.w_local > 0
+                shape[0],
+                shape[2],
+                self.conv_filters(),
+                local_head=self.w_local > 0,
+                rotation_head=self.w_rotation > 0,
             )
         return super()._build_discriminator()
 
@@ -396,8 +426,14 @@ class GANomaly(GANDetector):
             feat_fake = s["discriminator"](x_hat)[1]
             latent = ops.mean(ops.square(z - z_hat), axis=-1)
             disc = per_sample_mean(ops.square(real[1] - feat_fake))
-            # bundles written before the anomaly map or the memory banks score without them
+            # bundles written before the anomaly map, the rotation head or the memory banks
+            # score without them
             local = [ops.sigmoid(real[2])] if self._has_local_map() else []
+            if self._has_rotation_head():
+                turned = [real[-1]] + [
+                    s["discriminator"](rotate(inputs, k))[-1] for k in range(1, TURNS)
+                ]
+                local.append(rotation_nll(turned))
             names = list(self.memory_)
             banks = self._bank_features(names)(inputs) if names else []
             by_name = dict(zip(names, banks, strict=True))
@@ -410,7 +446,12 @@ class GANomaly(GANDetector):
         return self._scorer
 
     def _has_local_map(self) -> bool:
-        return len(self.subnets_["discriminator"].outputs) > 2
+        return networks.has_layer(self.subnets_["discriminator"], "discriminator_local_logit")
+
+    def _has_rotation_head(self) -> bool:
+        return networks.has_layer(
+            self.subnets_["discriminator"], networks.ROTATION_LOGITS.format("discriminator")
+        )
 
     def _bank_names(self) -> tuple[str, ...]:
         """The memory banks a fit builds: the GAN's two views, and for records the input bank
@@ -511,6 +552,9 @@ class GANomaly(GANDetector):
             cells = np.asarray(features.pop(0), np.float32)[:n, ..., 0]
             extra[LOCAL_MAP] = top_cells_mean(cells)
             maps[LOCAL_MAP] = self._from_model(self._cells_to_pixels(cells, x.shape[-1]))
+        rotation = None
+        if self._has_rotation_head():
+            rotation = np.asarray(features.pop(0), np.float32)[:n]
         bank_features = {}
         for name, feat in zip(self.memory_, features, strict=True):
             bank_features[name] = feat = np.asarray(feat, np.float32)[:n]
@@ -525,6 +569,11 @@ class GANomaly(GANDetector):
         if head is not None:
             extra[LABEL_HEAD] = np.asarray(head, np.float32)[:n, 0]
             maps[LABEL_HEAD] = maps["encoder_knn"]
+        if rotation is not None:
+            # a whole-image judgement with no map of its own: its share of the heat goes
+            # where the image differs from its nearest normal neighbour
+            extra[ROTATION] = rotation
+            maps[ROTATION] = maps["encoder_knn"]
         return ScoreComponents(
             score=np.zeros(n, np.float32),
             reconstruction=residual.reshape(n, -1).mean(axis=1),
@@ -589,12 +638,14 @@ class GANomaly(GANDetector):
     def component_names(self) -> list[str]:
         boundary = [BOUNDARY] if self.boundary_ is not None else []
         local = [LOCAL_MAP] if self._has_local_map() else []
+        rotation = [ROTATION] if self._has_rotation_head() else []
         head = [LABEL_HEAD] if self.label_head_ is not None else []
         return [
             "reconstruction",
             "discriminator",
             "latent",
             *local,
+            *rotation,
             *self.memory_,
             *boundary,
             *head,

@@ -12,6 +12,11 @@ from collections.abc import Callable
 import keras
 from keras import layers, ops
 
+from detectors.rotation import TURNS
+
+# The name of the discriminator's rotation head (which saved networks have one)
+ROTATION_LOGITS = "{}_rotation_logits"
+
 
 def _dense_stack(x: keras.KerasTensor, units: tuple[int, ...], name: str) -> keras.KerasTensor:
     for i, n in enumerate(units):
@@ -118,13 +123,20 @@ def conv_decoder(
 
 
 def conv_discriminator(
-    side: int, channels: int, filters: int, name: str = "discriminator", local_head: bool = False
+    side: int,
+    channels: int,
+    filters: int,
+    name: str = "discriminator",
+    local_head: bool = False,
+    rotation_head: bool = False,
 ) -> keras.Model:
     """DCGAN discriminator: image -> (logit, last 4x4 feature map for feature matching).
 
-    ``local_head``: a third output, one logit per cell of the second block's grid (side / 4)
+    ``local_head``: one more output, one logit per cell of the second block's grid (side / 4)
     that says whether that cell holds a synthetic anomaly (GANomaly's anomaly map, trained
-    on ``synthetic.local_anomalies``).
+    on ``synthetic.local_anomalies``). ``rotation_head``: one more (last) output, four
+    logits read from the 4x4 feature map that say by how many quarter turns the image was
+    rotated (``detectors.rotation``).
     """
     inputs = keras.Input((side, side, channels), name=f"{name}_input")
     blocks: list[keras.KerasTensor] = []
@@ -132,12 +144,22 @@ def conv_discriminator(
     features = layers.Activation("linear", dtype="float32", name=f"{name}_features")(x)
     x = layers.Conv2D(1, 4, padding="valid", name=f"{name}_to_logit")(features)
     logit = layers.Flatten(name=f"{name}_logit", dtype="float32")(x)
-    if not local_head:
-        return keras.Model(inputs, [logit, features], name=name)
-    local = layers.Conv2D(filters, 3, padding="same", name=f"{name}_local_conv")(blocks[1])
-    local = layers.LeakyReLU(0.2, name=f"{name}_local_act")(local)
-    local = layers.Conv2D(1, 1, name=f"{name}_local_logit", dtype="float32")(local)
-    return keras.Model(inputs, [logit, features, local], name=name)
+    outputs = [logit, features]
+    if local_head:
+        local = layers.Conv2D(filters, 3, padding="same", name=f"{name}_local_conv")(blocks[1])
+        local = layers.LeakyReLU(0.2, name=f"{name}_local_act")(local)
+        outputs.append(layers.Conv2D(1, 1, name=f"{name}_local_logit", dtype="float32")(local))
+    if rotation_head:
+        flat = layers.Flatten(name=f"{name}_rotation_flatten")(features)
+        outputs.append(
+            layers.Dense(TURNS, name=ROTATION_LOGITS.format(name), dtype="float32")(flat)
+        )
+    return keras.Model(inputs, outputs, name=name)
+
+
+def has_layer(model: keras.Model, layer_name: str) -> bool:
+    """Whether ``model`` has a layer of that name (which optional heads a saved network has)."""
+    return any(layer.name == layer_name for layer in model.layers)
 
 
 def padded_side(height: int, width: int) -> int:

@@ -350,3 +350,51 @@ def test_input_bank_is_opt_in_and_is_plain_knn(ganomaly, data, tmp_path):
     model.save(tmp_path)
     loaded = GANomaly.load(tmp_path, json.loads((tmp_path / "detector.json").read_text()))
     np.testing.assert_allclose(loaded.decision_function(X), comps.score, rtol=1e-5, atol=1e-6)
+
+
+def test_rotation_head_learns_which_way_is_up():
+    """The discriminator's rotation head (SS-GAN's auxiliary task) scores an image by how
+    badly it predicts the image's quarter turns: trained on upright shapes, it scores the
+    same shapes upside down as anomalous; with its random initial weights it cannot."""
+    rng = np.random.default_rng(0)
+    images = np.zeros((320, 32, 32, 1), np.float32)
+    for img in images:
+        top, left = rng.integers(3, 8), rng.integers(4, 12)
+        img[top : top + 3, left : left + 16] = rng.uniform(0.6, 1.0)  # a bar above
+        img[top + 8 : top + 20, left + 6 : left + 10] = rng.uniform(0.3, 0.6)  # a stem below
+    upright, test = images[:256], images[256:]
+    upside_down = test[:, ::-1]
+    y = np.r_[np.zeros(len(test)), np.ones(len(test))]
+    aurocs = {}
+    for epochs in (0, 3):
+        det = GANomaly(epochs=epochs, batch_size=32, filters=8, latent_dim=16, seed=0)
+        comps = det.fit(upright).score_components(np.concatenate([test, upside_down]))
+        assert "discriminator_rotation" in comps.component_names()
+        aurocs[epochs] = roc_auc_score(y, comps.extra["discriminator_rotation"])
+    assert det.normaliser_.weights["discriminator_rotation"] == 1.0  # the trained one votes
+    assert aurocs[3] > 0.95 and aurocs[3] > aurocs[0] + 0.2, aurocs
+
+
+def test_rotations_match_numpy_and_the_head_is_optional():
+    """``detectors.rotation`` turns images as ``np.rot90`` does, each by the turn it reports;
+    ``w_rotation=0`` builds no head and reports no rotation component (as bundles written
+    before the head score)."""
+    import keras
+
+    from detectors.rotation import random_rotation, rotate
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(6, 8, 8, 2)).astype("float32")
+    for k in range(4):
+        np.testing.assert_array_equal(np.asarray(rotate(x, k)), np.rot90(x, k, axes=(1, 2)))
+    turned, turns = random_rotation(x, keras.random.SeedGenerator(0))
+    turned, turns = np.asarray(turned), np.asarray(turns)
+    assert set(turns) <= {1, 2, 3}
+    for image, original, k in zip(turned, x, turns, strict=True):
+        np.testing.assert_array_equal(image, np.rot90(original, k, axes=(0, 1)))
+    images = rng.uniform(0, 0.3, size=(64, 16, 16, 1)).astype("float32")
+    det = GANomaly(epochs=1, batch_size=32, filters=4, latent_dim=8, w_rotation=0, seed=0)
+    comps = det.fit(images[:48]).score_components(images[48:])
+    assert "discriminator_rotation" not in comps.component_names()
+    assert "discriminator_rotation" not in det.normaliser_.weights
+    assert np.all(np.isfinite(comps.score))

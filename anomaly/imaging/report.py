@@ -419,7 +419,8 @@ def _heatmap_scale(bundle: Any) -> dict[str, Any]:
     residual-only models keep the pixel-unit residual scale.
     """
     weights = bundle.manifest.get("score", {}).get("weights", {})
-    if any(weights.get(n) for n in ("encoder_knn", "discriminator_knn", "discriminator_map")):
+    spread = ("encoder_knn", "discriminator_knn", "discriminator_map", "discriminator_rotation")
+    if any(weights.get(n) for n in spread):
         return {
             "heatmap_vmax": round(8.0 * max(float(bundle.threshold), 0.5), 3),
             "heatmap_caption": "score heatmap",
