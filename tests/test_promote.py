@@ -4,6 +4,7 @@ guard's judgement, trust, the link switch, history and rollback, one-line refusa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -17,7 +18,11 @@ from scipy.stats import spearmanr
 from anomaly.bundle.bundle import Bundle
 from anomaly.bundle.promotion import Guard, judge
 from anomaly.cli import main
+from anomaly.stream.bundle_reload import BundleWatcher
+from anomaly.stream.metrics import Metrics
 from anomaly.stream.shadow import ShadowComparison
+from anomaly.stream.threshold_reload import ThresholdWatcher
+from testsupport.kafka import wait_until
 from testsupport.keys import key_pair
 
 
@@ -189,3 +194,39 @@ def test_every_refusal_is_one_line_with_exit_code_2(pair, tmp_path, tiny_bundle)
     assert "forced: no shadow evidence" in forced.output
     verified = cli("verify", "--bundle", live, "--public-key", ops_pub)
     assert verified.exit_code == 0 and "verified" in verified.output
+
+
+def test_first_promotion_under_a_running_serve_is_one_switch_and_no_error(pair, caplog):
+    """Serve's refresh, run as the service runs it (the bundle watcher's poll, then the
+    threshold check), on either side of the first promotion of a plain live directory: no
+    error, no threshold taken from the challenger, and the next poll loads the challenger."""
+    live, challenger = pair
+    manifest = json.loads((challenger / "manifest.json").read_text())
+    manifest["thresholds"][0]["value"] *= 2  # its own history: not an extension of the live one
+    (challenger / "manifest.json").write_text(json.dumps(manifest))
+    serving = Bundle.load(live, model=False)  # serve loads the directory the path resolves to
+    before = serving.threshold
+    metrics = Metrics()
+    threshold = ThresholdWatcher(serving, metrics)
+    watcher = BundleWatcher(live, lambda path: Bundle.load(path, model=False), live, "live")
+    caplog.set_level(logging.DEBUG)
+    assert watcher.poll() is None and not watcher.switching  # a refresh polls just before...
+    promoted = cli("promote", live, challenger, "--force")
+    assert promoted.exit_code == 0 and live.is_symlink(), promoted.output
+    threshold.refresh()  # ... and reads the threshold just after the link is placed
+    reloads = metrics.registry.get_sample_value("anomaly_threshold_reloads_total")
+    assert serving.threshold == before and reloads == 0
+    assert watcher.poll() is None and watcher.switching  # the next refresh loads it
+    loaded = wait_until(watcher.poll, timeout=30)
+    assert loaded.model_version == "c0ffee000002"
+    # the moment without the path (the directory moved, the link not yet there): quiet once
+    os.rename(live, live.with_name("away"))
+    threshold.refresh()
+    assert serving.threshold == before
+    # nothing above INFO in the whole sequence; a path that stays away is warned about
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == []
+    threshold.refresh()
+    assert any(
+        "cannot stat" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+    )

@@ -132,6 +132,7 @@ class Bundle:
         self.schema = schema
         self.preprocessor = preprocessor
         self._manifest_stamp = self._stamp()
+        self._manifest_missing = False
         self._apply_threshold()
 
     # --- identity -------------------------------------------------------------------------
@@ -224,6 +225,7 @@ class Bundle:
             self.signer = sign_bundle(self.path, sign_key, password)
         self.manifest = current
         self._manifest_stamp = self._stamp()
+        self._manifest_missing = False
         self._apply_threshold()
         return entry
 
@@ -267,16 +269,40 @@ class Bundle:
     def refresh_threshold(self) -> bool:
         """Re-read the manifest if it changed on disk; True when the live threshold changed.
 
-        Cheap enough to call every few seconds: one ``stat`` unless the file changed.
+        Cheap enough to call every few seconds: one ``stat`` unless the file changed. The
+        path may be re-pointed under a reader (``anomaly promote`` moves a live directory into
+        its releases, then links the path to the challenger): a manifest missing once is
+        tried again at the next call (warned about when it stays away), and a manifest of
+        another model at the path is not a threshold change of this one.
         """
         try:
             stamp = self._stamp()
         except OSError as exc:
-            log.warning("cannot stat %s: %s", self.manifest_path, exc)
+            missing = isinstance(exc, FileNotFoundError)
+            level = logging.DEBUG if missing and not self._manifest_missing else logging.WARNING
+            log.log(level, "cannot stat %s: %s", self.manifest_path, exc)
+            self._manifest_missing = missing
             return False
+        self._manifest_missing = False
         if stamp == self._manifest_stamp:
             return False
         self._manifest_stamp = stamp
+        try:
+            fresh = json.loads(self.manifest_path.read_text())
+            history = fresh["thresholds"]
+            float(history[-1]["value"])
+            version = str(fresh["model"]["version"])
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            log.warning("ignoring unreadable manifest update %s: %s", self.manifest_path, exc)
+            return False
+        if version != self.model_version:
+            log.info(
+                "%s now holds model %s, not %s: not a threshold change of this bundle",
+                self.path,
+                version,
+                self.model_version,
+            )
+            return False
         if self.signer is not None:
             try:
                 check_signature(self.path, self.public_key, require=True)
@@ -285,13 +311,6 @@ class Bundle:
                 # stamp change (the new signature) is checked again
                 log.error("ignoring manifest update that does not verify: %s", exc)
                 return False
-        try:
-            fresh = json.loads(self.manifest_path.read_text())
-            history = fresh["thresholds"]
-            float(history[-1]["value"])
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-            log.warning("ignoring unreadable manifest update %s: %s", self.manifest_path, exc)
-            return False
         known = self.threshold_history
         if history[: len(known)] != known:
             log.error(

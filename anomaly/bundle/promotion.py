@@ -5,8 +5,10 @@ the challenger there (``<n>-<version>``), checks the copy, and re-points the lin
 ``rename`` of a new link over the old one: atomic, so a reader sees the old bundle or the
 new one, never a mix. A running ``serve`` notices the link's new target within its
 ``--threshold-refresh-s`` and switches between two batches (``anomaly.stream.bundle_reload``).
-The first promotion moves a live directory into ``LIVE.releases/0-<version>`` and puts the
-link in its place (a moment without the path, which serve rides out: it keeps its bundle).
+The first promotion moves a live directory into ``LIVE.releases/0-<version>`` and renames
+the link, made beforehand, into its place: the path is missing between those two renames
+only, and a running serve rides that out (``Bundle.refresh_threshold`` tries again at the
+next refresh, and never reads the challenger's manifest as a threshold change of its own).
 ``LIVE.releases/promotions.json`` is the append-only history; ``--rollback`` re-points the
 link at the champion the last promotion replaced, and records that too.
 
@@ -257,12 +259,13 @@ def _locked(releases: Path) -> Iterator[None]:
         yield
 
 
-def _point(live: Path, target: Path) -> None:
-    """Re-point the link ``live`` at ``target`` in one rename (relative, so the pair moves)."""
+def _new_link(live: Path, target: Path) -> Path:
+    """A link to ``target`` beside ``live`` under a temporary name, to be renamed over it
+    (relative, so the pair moves together)."""
     link = live.parent / f".{live.name}.link-{os.getpid()}"
     link.unlink(missing_ok=True)
     os.symlink(os.path.relpath(target, live.parent), link)
-    os.replace(link, live)
+    return link
 
 
 def promote(
@@ -299,12 +302,13 @@ def promote(
             shutil.rmtree(staging, ignore_errors=True)
             raise BundleError(f"challenger {challenger_dir} changed while promoting; refused")
         os.rename(staging, target)
-        if first:  # a link replaces the directory: a moment without the path, serve rides it
+        link = _new_link(live, target)
+        if first:  # the path is missing between these two renames only (serve rides it out)
             previous = releases / f"0-{live_bundle.model_version}"
             os.rename(live, previous)
         else:
             previous = Path(os.path.realpath(live))
-        _point(live, target)
+        os.replace(link, live)
         entry = {
             "action": "promote",
             "at": utc_now(),
@@ -350,7 +354,7 @@ def rollback(live: Path, public_key: Path | None) -> dict[str, Any]:
         signer = check_trust(target, key, key_name, "the previous champion")
         restored = Bundle.load(target, model=False, public_key=key)
         current = Path(os.path.realpath(live))
-        _point(live, target)
+        os.replace(_new_link(live, target), live)
         entry = {
             "action": "rollback",
             "at": utc_now(),
