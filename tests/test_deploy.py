@@ -478,6 +478,8 @@ def test_rules_match_the_schema_and_cover_every_required_signal():
         "AnomalyNoCommit": "anomaly_last_commit_timestamp_seconds",
         "AnomalyRateDrift": "anomaly_expected_anomaly_rate",
         "AnomalyScoringLatencyHigh": "anomaly_scoring_duration_seconds_bucket",
+        "AnomalyShadowAlertRateDiverges": "anomaly_shadow_alert_ratio",
+        "AnomalyShadowAlertOverlapLow": "anomaly_shadow_alert_jaccard_ratio",
     }
     for alert, metric in needs.items():
         assert metric in promql_metric_names(alerts[alert]), (alert, metric)
@@ -573,6 +575,9 @@ def test_dashboard_has_the_required_panels():
         quantiles = panel_using(f"histogram_quantile(0.99, sum by (le) (rate({histogram}_bucket")
         assert sum("histogram_quantile(" in t["expr"] for t in quantiles["targets"]) >= 2
     assert panel_using("anomaly_threshold{")["type"] == "timeseries"
+    assert panel_using("by (instance, role)", "anomaly_shadow_alert_ratio")
+    assert panel_using("anomaly_shadow_alert_jaccard_ratio")
+    assert panel_using("anomaly_shadow_score_rank_correlation")
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path):
@@ -813,8 +818,10 @@ def test_k8s_manifests_agree_with_each_other_and_the_serve_config(tmp_path):
 def test_every_dashboard_and_rule_metric_is_in_a_live_scrape(
     kafka_bootstrap, tiny_bundle, tmp_path
 ):
-    """Run the real `anomaly serve`, push good and poison records through it, scrape /metrics
-    over HTTP, and require a sample for every metric name the dashboard and rules use."""
+    """Run the real `anomaly serve` with a shadow bundle, push good and poison records
+    through it, scrape /metrics over HTTP, and require a sample for every metric name the
+    dashboard and rules use."""
+    import shutil
     import signal
     import urllib.request
 
@@ -846,6 +853,8 @@ def test_every_dashboard_and_rule_metric_is_in_a_live_scrape(
         ("scores", "scores"),
     ):
         args += [f"--{flag}-topic", topics[key]]
+    challenger = shutil.copytree(tiny_bundle, tmp_path / "challenger")  # the shadow panels
+    args += ["--shadow-bundle", str(challenger)]
     serve = ServeProcess(
         kafka_bootstrap, args + ["--commit-interval-ms", "200"], tmp_path / "s.log"
     )
@@ -856,7 +865,10 @@ def test_every_dashboard_and_rule_metric_is_in_a_live_scrape(
             handled = metric_sum(samples, "anomaly_records_scored_total") + metric_sum(
                 samples, "anomaly_records_dead_lettered_total"
             )
-            return handled >= total and metric_sum(samples, "anomaly_commits_total") >= 1
+            compared = metric_sum(samples, "anomaly_shadow_window_records") > 0
+            return (
+                handled >= total and metric_sum(samples, "anomaly_commits_total") >= 1 and compared
+            )
 
         assert wait_until(caught_up, 120, interval=0.5), serve.log()
         base = serve.url.rsplit("/", 1)[0]
