@@ -134,7 +134,7 @@ def test_counts_and_batch_histograms_read_back_over_http(served):
     metrics.scored.inc(8)
     metrics.dead_lettered.labels(reason="wrong_type").inc(2)
     metrics.score.observe_many(np.array([0.002, 0.5, 0.5, 7.0, np.nan]))
-    metrics.end_to_end_latency.observe_many(np.array([0.004, 0.2]))
+    metrics.end_to_end_latency.observe_many(np.array([0.004, 0.2, 0.28, 0.35]))
     metrics.set_threshold(1.25, 3, 0.01)
     samples = scrape(server.url)
     assert samples["anomaly_records_consumed_total{topic=tx}"] == 10
@@ -146,6 +146,9 @@ def test_counts_and_batch_histograms_read_back_over_http(served):
     assert samples["anomaly_score_bucket{le=1}"] == 3
     assert samples["anomaly_end_to_end_latency_seconds_bucket{le=0.005}"] == 1
     assert samples["anomaly_end_to_end_latency_seconds_bucket{le=0.25}"] == 2
+    # around the 250 ms p99 target the buckets tell a met target from a missed one
+    assert samples["anomaly_end_to_end_latency_seconds_bucket{le=0.3}"] == 3
+    assert samples["anomaly_end_to_end_latency_seconds_bucket{le=0.4}"] == 4
     assert samples["anomaly_threshold{}"] == 1.25
     assert samples["anomaly_threshold_version{}"] == 3
     assert samples["anomaly_expected_anomaly_rate{}"] == 0.01
