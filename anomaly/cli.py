@@ -65,9 +65,9 @@ def _weights(value: str | None) -> dict[str, float] | None:
         except ValueError:
             raise click.BadParameter(f"expected name=number, got {part!r}") from None
     # the detector's own list (train loads Keras right after this anyway)
-    from detectors.ganomaly import RECORD_WEIGHTS
+    from detectors.ganomaly import IMAGE_WEIGHTS, RECORD_WEIGHTS, ROTATION
 
-    known = tuple(RECORD_WEIGHTS)
+    known = tuple(dict.fromkeys([*RECORD_WEIGHTS, *IMAGE_WEIGHTS, ROTATION]))
     unknown = sorted(set(weights) - set(known))
     if unknown:
         raise click.BadParameter(
@@ -183,7 +183,8 @@ def _is_image_source(path: Path) -> bool:
     "--score-weights",
     default=None,
     help="GANomaly component weights (default encoder_knn=1,discriminator_knn=1; the residuals "
-    "and, for records, encoder_svm 0).",
+    "and, for records, encoder_svm 0; images: discriminator_rotation=1 trains the "
+    "discriminator's rotation head and lets it vote).",
 )
 @click.option(
     "--bank-rows",

@@ -189,6 +189,36 @@ def test_unknown_score_weight_is_refused_before_training(files, tmp_path):
     assert "unknown component 'latnet'" in result.output and not out.exists()
 
 
+def test_image_score_weights_opt_into_the_rotation_head(tmp_path):
+    """Image component names are accepted by --score-weights; a weight for the rotation
+    component trains the discriminator's rotation head and lets it vote."""
+    rng = np.random.default_rng(0)
+    images = np.zeros((128, 32, 32), np.float32)
+    for img in images:  # an upright shape: a bar above a stem
+        top, left = rng.integers(3, 8), rng.integers(4, 12)
+        img[top : top + 3, left : left + 16] = rng.uniform(0.6, 1.0)
+        img[top + 8 : top + 20, left + 6 : left + 10] = rng.uniform(0.3, 0.6)
+    np.savez(tmp_path / "train.npz", images=images)
+    weights = "encoder_knn=1,discriminator_knn=1,discriminator_rotation=1"
+    out = tmp_path / "bundle"
+    options = ["--epochs", "3", "--batch-size", "32", "--filters", "8", "--latent-dim", "16"]
+    result = run(
+        "train",
+        tmp_path / "train.npz",
+        "--images",
+        "--out",
+        out,
+        *options,
+        "--quiet",
+        "--score-weights",
+        weights,
+    )
+    assert result.exit_code == 0, result.output
+    score = json.loads((out / "manifest.json").read_text())["score"]
+    assert "discriminator_rotation" in score["components"]
+    assert score["weights"]["discriminator_rotation"] == 1.0
+
+
 def test_nan_names_the_row(trained, tmp_path):
     bad = tmp_path / "nan.csv"
     bad.write_text("f0,f1,f2,f3,amount\n1,2,3,4,5\n1,2,nan,4,5\n")

@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from detectors import AnoGAN, GANomaly
 from detectors.base import SCORING_BUCKETS, ScoreComponents
-from detectors.ganomaly import IMAGE_WEIGHTS, GANomalyNet
+from detectors.ganomaly import IMAGE_WEIGHTS, ROTATION, GANomalyNet
 from testsupport.data import make_tabular_data
 
 TINY = {"epochs": 4, "batch_size": 64, "hidden": (16, 8), "seed": 0}
@@ -366,19 +366,20 @@ def test_rotation_head_learns_which_way_is_up():
     upside_down = test[:, ::-1]
     y = np.r_[np.zeros(len(test)), np.ones(len(test))]
     aurocs = {}
+    opt_in = {"score_weights": {"encoder_knn": 1, "discriminator_knn": 1, ROTATION: 1}}
     for epochs in (0, 3):
-        det = GANomaly(epochs=epochs, batch_size=32, filters=8, latent_dim=16, seed=0)
+        det = GANomaly(epochs=epochs, batch_size=32, filters=8, latent_dim=16, seed=0, **opt_in)
         comps = det.fit(upright).score_components(np.concatenate([test, upside_down]))
-        assert "discriminator_rotation" in comps.component_names()
-        aurocs[epochs] = roc_auc_score(y, comps.extra["discriminator_rotation"])
-    assert det.normaliser_.weights["discriminator_rotation"] == 1.0  # the trained one votes
+        assert ROTATION in comps.component_names()
+        aurocs[epochs] = roc_auc_score(y, comps.extra[ROTATION])
+    assert det.normaliser_.weights[ROTATION] == 1.0  # the trained one votes
     assert aurocs[3] > 0.95 and aurocs[3] > aurocs[0] + 0.2, aurocs
 
 
-def test_rotations_match_numpy_and_the_head_is_optional():
+def test_rotations_match_numpy_and_the_head_is_opt_in():
     """``detectors.rotation`` turns images as ``np.rot90`` does, each by the turn it reports;
-    ``w_rotation=0`` builds no head and reports no rotation component (as bundles written
-    before the head score)."""
+    at the default weights, or with ``w_rotation=0``, no head is built and no rotation
+    component reported (as bundles written before the head score)."""
     import keras
 
     from detectors.rotation import random_rotation, rotate
@@ -393,8 +394,10 @@ def test_rotations_match_numpy_and_the_head_is_optional():
     for image, original, k in zip(turned, x, turns, strict=True):
         np.testing.assert_array_equal(image, np.rot90(original, k, axes=(0, 1)))
     images = rng.uniform(0, 0.3, size=(64, 16, 16, 1)).astype("float32")
-    det = GANomaly(epochs=1, batch_size=32, filters=4, latent_dim=8, w_rotation=0, seed=0)
-    comps = det.fit(images[:48]).score_components(images[48:])
-    assert "discriminator_rotation" not in comps.component_names()
-    assert "discriminator_rotation" not in det.normaliser_.weights
-    assert np.all(np.isfinite(comps.score))
+    weights = {"encoder_knn": 1, "discriminator_knn": 1, ROTATION: 1}
+    for opts in ({}, {"w_rotation": 0, "score_weights": weights}):
+        det = GANomaly(epochs=1, batch_size=32, filters=4, latent_dim=8, seed=0, **opts)
+        comps = det.fit(images[:48]).score_components(images[48:])
+        assert ROTATION not in comps.component_names()
+        assert not det.normaliser_.weights.get(ROTATION)
+        assert np.all(np.isfinite(comps.score))
