@@ -2,6 +2,7 @@
 
     python bench/stream.py [--records 200000] [--rate 5000] [--latency-seconds 20]
                            [--exactly-once] [--shadow] [--bank-rows 4096] [--pinning exclusive]
+                           [--producer-clients confluent,kafka-python]
                            [--out bench/out/stream.json] [--table RESULT.json]
 
 1. Starts a local Tansu broker (or uses KAFKA_BOOTSTRAP), trains a small GANomaly bundle on
@@ -15,6 +16,9 @@
    - serve: the StreamService of `anomaly serve` (decode, score, alerts, DLQ, metrics,
      flush + commit every second) — alerts only, its default;
    - serve + scores: also one score message per record (as many sends as the raw loop);
+   - both serve phases run once per output producer named by ``--producer-clients``
+     (serve's ``producer_client``: confluent, the default, or kafka-python), interleaved,
+     so that the clients are compared within one run;
    - with ``--exactly-once``, both serve phases again with a transactional producer
      (``--exactly-once``: each checkpoint commits the outputs and the offsets in one
      transaction, every second);
@@ -63,8 +67,10 @@ from anomaly.demo import synthetic  # noqa: E402
 from anomaly.demo.broker import LocalBroker, create_topic  # noqa: E402
 
 PARTITIONS = 3
+SERVE_LABEL = "serve, default (alerts only)"
+SCORES_LABEL = "serve + `--scores-topic`"
 SHADOW_ROWS = (
-    ("serve, default (alerts only)", "serve_records_per_s"),
+    (SERVE_LABEL, "serve_records_per_s"),
     ("serve + `--shadow-bundle` + `--shadow-scores-topic`", "shadow_records_per_s"),
     ("serve + `--shadow-bundle`, metrics only", "shadow_metrics_only_records_per_s"),
 )
@@ -150,6 +156,7 @@ def serve_config(
     exactly_once: bool = False,
     shadow: Path | None = None,
     shadow_scores: str | None = None,
+    producer_client: str | None = None,
 ):
     from anomaly.stream.config import load_serve_config
 
@@ -168,6 +175,7 @@ def serve_config(
             "heartbeat_interval_ms": 1000,
             "exactly_once": exactly_once,
             "transactional_id": f"bench-{group}",
+            "producer_client": producer_client,
         },
         env={},
     )
@@ -183,6 +191,7 @@ def serve_loop(
     exactly_once: bool = False,
     shadow: Path | None = None,
     shadow_scores: str | None = None,
+    producer_client: str | None = None,
 ) -> float:
     """records/s of the real StreamService over ``n`` records (first consumed → last committed)."""
     from anomaly.bundle.bundle import Bundle
@@ -190,7 +199,15 @@ def serve_loop(
     from anomaly.stream.startup import attach_shadow
 
     config = serve_config(
-        bootstrap, bundle_path, topic, group, scores, exactly_once, shadow, shadow_scores
+        bootstrap,
+        bundle_path,
+        topic,
+        group,
+        scores,
+        exactly_once,
+        shadow,
+        shadow_scores,
+        producer_client,
     )
     service = StreamService(config, Bundle.load(bundle_path))
     service.batches.warm_up()  # as `anomaly serve` does before it consumes
@@ -290,6 +307,7 @@ def latency(
             "max_wait_ms": config.max_wait_ms,
             "commit_interval_ms": config.commit_interval_ms,
             "blas_threads": config.blas_threads,
+            "producer_client": config.producer_client,
             "producer": {k: producer.get(k) for k in ("acks", "linger_ms", "batch_size")},
         },
     }
@@ -331,15 +349,30 @@ def train(out: Path, bank_rows: int, seed: int = 0) -> Path:
     return path
 
 
+def serve_label(label: str, client: str) -> str:
+    """A serve phase's row name with the output producer it ran with."""
+    return f"{label}, {client} producer"
+
+
 def table(result: dict) -> str:
     """The Markdown table of docs/benchmarks.md, from a result JSON."""
     raw = result["raw_records_per_s"]
     rows = [
         ("raw consume → produce (the baseline)", raw),
         ("raw, with serve's producer settings", result["raw_serve_producer_records_per_s"]),
-        ("serve, default (alerts only)", result["serve_records_per_s"]),
-        ("serve + `--scores-topic`", result["serve_with_scores_records_per_s"]),
     ]
+    by_client = result.get("producers")
+    if by_client:  # one pair of serve phases per output producer
+        for client, rates in by_client.items():
+            rows += [
+                (serve_label(SERVE_LABEL, client), rates["serve_records_per_s"]),
+                (serve_label(SCORES_LABEL, client), rates["serve_with_scores_records_per_s"]),
+            ]
+    else:  # results from before the producer choice: kafka-python's
+        rows += [
+            (SERVE_LABEL, result["serve_records_per_s"]),
+            (SCORES_LABEL, result["serve_with_scores_records_per_s"]),
+        ]
     if "exactly_once_records_per_s" in result:
         rows += [
             ("serve `--exactly-once` (alerts only)", result["exactly_once_records_per_s"]),
@@ -362,9 +395,11 @@ def table(result: dict) -> str:
             "| loop | records/s | vs serve | vs raw | load (1 min) |",
             "|---|---|---|---|---|",
         ]
+        first = next(iter(by_client or {}), None)
         for name, key in SHADOW_ROWS:
             rate = result[key]
-            load = result["load"].get(name, "")
+            label = serve_label(name, first) if first and name == SERVE_LABEL else name
+            load = result["load"].get(label, "")
             lines.append(
                 f"| {name} | {rate:,.0f} | **{rate / serve:.2f}** | {rate / raw:.2f} | {load} |"
             )
@@ -408,6 +443,14 @@ def main() -> None:
         "--shadow",
         action="store_true",
         help="Also time serve with a challenger bundle scoring in shadow (two phases).",
+    )
+    parser.add_argument(
+        "--producer-clients",
+        default="confluent",
+        help="Comma-separated output producers to time the two serve phases with (serve's "
+        "producer_client): confluent, kafka-python. The first gives the serve rates the "
+        "exactly-once and shadow phases are read against; those and the latency phase run "
+        "with serve's own choice (kafka-python's producer for exactly-once).",
     )
     parser.add_argument(
         "--pinning",
@@ -469,18 +512,23 @@ def main() -> None:
         lambda b, t: raw_loop(b, t, n, f"rawtuned-{t}", tuned),
     )
     print(f"raw with {tuned}: {raw_tuned:,.0f} records/s", flush=True)
-    serve = phase(
-        "serve",
-        "serve, default (alerts only)",
-        lambda b, t: serve_loop(b, bundle, t, n, f"serve-{t}", None),
-    )
-    print(f"serve (alerts only): {serve:,.0f} records/s", flush=True)
-    serve_scores = phase(
-        "scores",
-        "serve + `--scores-topic`",
-        lambda b, t: serve_loop(b, bundle, t, n, f"scores-{t}", f"scores-{t}"),
-    )
-    print(f"serve + scores topic: {serve_scores:,.0f} records/s", flush=True)
+    clients = [c.strip() for c in args.producer_clients.split(",") if c.strip()]
+    by_client: dict[str, dict[str, float]] = {c: {} for c in clients}
+    for name, key, label, scores_topic in (
+        ("serve", "serve_records_per_s", SERVE_LABEL, False),
+        ("scores", "serve_with_scores_records_per_s", SCORES_LABEL, True),
+    ):
+        for client in clients:  # interleaved: drift in the machine's load hits both alike
+
+            def run(b: str, t: str, client: str = client, scores_topic: bool = scores_topic):
+                scores = f"scores-{t}" if scores_topic else None
+                return serve_loop(b, bundle, t, n, f"g-{t}", scores, producer_client=client)
+
+            rate = phase(f"{name}-{client}", serve_label(label, client), run)
+            by_client[client][key] = rate
+            print(f"{serve_label(label, client)}: {rate:,.0f} records/s", flush=True)
+    serve = by_client[clients[0]]["serve_records_per_s"]
+    serve_scores = by_client[clients[0]]["serve_with_scores_records_per_s"]
     exactly_once = {}
     if args.exactly_once:
         eos = phase(
@@ -553,6 +601,14 @@ def main() -> None:
         "serve_ratio": serve / raw,
         "serve_with_scores_records_per_s": serve_scores,
         "serve_with_scores_ratio": serve_scores / raw,
+        "producers": {
+            client: {
+                **rates,
+                "serve_ratio": rates["serve_records_per_s"] / raw,
+                "serve_with_scores_ratio": rates["serve_with_scores_records_per_s"] / raw,
+            }
+            for client, rates in by_client.items()
+        },
         **exactly_once,
         **shadow,
         "load": load,

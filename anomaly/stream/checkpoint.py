@@ -85,7 +85,8 @@ class Checkpoint:
             self.records += 1
 
     def add(self, futures: Iterable[Any]) -> None:
-        """Outputs handed to the producer (their futures)."""
+        """Outputs handed to the producer: kafka-python's futures, one per record, or
+        ``anomaly.stream.output.Deliveries``, one per batch and topic."""
         self.futures.extend(futures)
 
     def settled(self) -> bool:
@@ -94,7 +95,7 @@ class Checkpoint:
 
     def failure(self) -> BaseException | None:
         """The first failed delivery, if any."""
-        failed = next((f for f in self.futures if f.is_done and f.failed()), None)
+        failed = next((f for f in self.futures if f.failed()), None)
         return None if failed is None else (failed.exception or KafkaError("send failed"))
 
     def offsets(self) -> dict[TopicPartition, OffsetAndMetadata]:

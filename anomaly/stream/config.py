@@ -40,6 +40,7 @@ CONFIG_ENV = "ANOMALY_CONFIG"
 PASSTHROUGH_TABLES = ("kafka", "consumer", "producer")
 _SECRET_WORDS = ("password", "secret", "token", "credential", "private_key")
 _REQUIRED = ("bundle", "input_topic", "alert_topic", "dlq_topic", "group")
+PRODUCER_CLIENTS = ("confluent", "kafka-python")
 SECRET_ONLY_SETTINGS = frozenset({"sasl_password"})  # never a flag: flags show in `ps`
 
 
@@ -154,6 +155,12 @@ class ServeConfig:
     )
     transactional_id: str | None = _opt(
         None, _optional(str), "with exactly_once: unique per member (default anomaly-GROUP-HOST)"
+    )
+    producer_client: str = _opt(
+        "confluent",
+        str,
+        "output producer: confluent (librdkafka) | kafka-python; exactly_once always uses "
+        "kafka-python",
     )
     liveness_timeout_s: float = _opt(
         60.0, float, "/healthz answers 503 when the loop has not turned for this long"
@@ -327,6 +334,91 @@ class ServeConfig:
         settings.update(self.producer or {})
         return settings
 
+    @property
+    def confluent_producer(self) -> bool:
+        """Whether the outputs go through confluent-kafka's producer: the default, except
+        with ``exactly_once``, whose transaction must carry the kafka-python consumer's
+        offsets (``send_offsets_to_transaction`` takes that consumer's group metadata)."""
+        return self.producer_client == "confluent" and not self.exactly_once
+
+    def confluent_producer_settings(self) -> dict[str, Any]:
+        """librdkafka settings for confluent-kafka's Producer, translated from
+        ``producer_settings()`` so that one ``producer:`` table (kafka-python names, or
+        librdkafka's dotted names as they are) configures either client."""
+        settings = {
+            # kafka-python's default: a retried send is never written twice
+            "enable.idempotence": True,
+            # kafka-python's default; librdkafka's is 300 s (docs/streaming.md, "Delivery")
+            "delivery.timeout.ms": 120000,
+            # kafka-python's (and Java's) murmur2 of the key: a key keeps its partition
+            # whichever client sends it; librdkafka's own default hashes with CRC32
+            "partitioner": "murmur2_random",
+        }
+        unknown = []
+        for key, value in self.producer_settings().items():
+            if "." in key:
+                settings[key] = value
+            elif key in _LIBRDKAFKA_NAMES:
+                name, convert = _LIBRDKAFKA_NAMES[key]
+                if name:
+                    settings[name] = convert(value)
+            else:
+                unknown.append(key)
+        if unknown:
+            raise ConfigError(
+                f"producer setting(s) {', '.join(sorted(unknown))} have no confluent-kafka "
+                "equivalent here: give librdkafka's dotted name, or producer_client = "
+                '"kafka-python"'
+            )
+        return settings
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _servers(value: Any) -> str:
+    return value if isinstance(value, str) else ",".join(value)
+
+
+# kafka-python producer setting -> (librdkafka name, conversion); no name: serve does that
+# part itself (max_block_ms: a full queue is retried for the flush timeout) or librdkafka
+# needs nothing (it negotiates the API version)
+_LIBRDKAFKA_NAMES: dict[str, tuple[str | None, Callable[[Any], Any]]] = {
+    "bootstrap_servers": ("bootstrap.servers", _servers),
+    "client_id": ("client.id", _same),
+    "acks": ("acks", str),
+    "linger_ms": ("linger.ms", _same),
+    "batch_size": ("batch.size", _same),
+    "retries": ("retries", _same),
+    "retry_backoff_ms": ("retry.backoff.ms", _same),
+    "delivery_timeout_ms": ("delivery.timeout.ms", _same),
+    "request_timeout_ms": ("request.timeout.ms", _same),
+    "compression_type": ("compression.type", lambda v: v or "none"),
+    "enable_idempotence": ("enable.idempotence", _same),
+    "max_in_flight_requests_per_connection": ("max.in.flight.requests.per.connection", _same),
+    "max_request_size": ("message.max.bytes", _same),
+    "buffer_memory": ("queue.buffering.max.kbytes", lambda v: max(1, int(v) // 1024)),
+    "metadata_max_age_ms": ("metadata.max.age.ms", _same),
+    "connections_max_idle_ms": ("connections.max.idle.ms", _same),
+    "security_protocol": ("security.protocol", _same),
+    "sasl_mechanism": ("sasl.mechanisms", _same),
+    "sasl_plain_username": ("sasl.username", _same),
+    "sasl_plain_password": ("sasl.password", _same),
+    "ssl_cafile": ("ssl.ca.location", _same),
+    "ssl_certfile": ("ssl.certificate.location", _same),
+    "ssl_keyfile": ("ssl.key.location", _same),
+    "ssl_password": ("ssl.key.password", _same),
+    "ssl_check_hostname": (
+        "ssl.endpoint.identification.algorithm",
+        lambda v: "https" if v else "none",
+    ),
+    "max_block_ms": (None, _same),
+    "bootstrap_timeout_ms": (None, _same),
+    "api_version": (None, _same),
+    "api_version_auto_timeout_ms": (None, _same),
+}
+
 
 def shadow_report_for(bundle: Path) -> Path:
     """The default shadow comparison file of a challenger: ``DIR.shadow.json`` beside it."""
@@ -437,6 +529,8 @@ def _validate(config: ServeConfig) -> None:
         raise ConfigError(
             "exactly_once needs the outputs on the input's cluster (no producer.bootstrap_servers)"
         )
+    if config.producer_client not in PRODUCER_CLIENTS:
+        raise ConfigError(f"producer_client must be one of {', '.join(PRODUCER_CLIENTS)}")
     if config.max_delivery_failures < 1:
         raise ConfigError("max_delivery_failures must be at least 1")
     if config.blas_threads < 0:

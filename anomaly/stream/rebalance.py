@@ -109,6 +109,7 @@ class RebalanceListener(AsyncConsumerRebalanceListener):
         deadline = time.monotonic() + min(config.flush_timeout_s, config.session_timeout_ms / 2000)
         while not checkpoint.settled() and time.monotonic() < deadline:
             await io_loop_sleep(member.consumer, 0.01)
+            member.output.poll()  # librdkafka reports deliveries only when asked
         if not checkpoint.settled() or checkpoint.failure() is not None:
             self._abandon("undelivered")
             return

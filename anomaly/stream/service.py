@@ -40,7 +40,7 @@ from anomaly.stream.bundle_reload import BundleWatcher
 from anomaly.stream.checkpoint import Checkpoint, DeliveryError, ExitCode, Outcome, Result
 from anomaly.stream.config import ServeConfig
 from anomaly.stream.metrics import Metrics
-from anomaly.stream.output import Output, SendFailed
+from anomaly.stream.output import SendFailed, make_output
 from anomaly.stream.rebalance import RebalanceListener
 from anomaly.stream.scoring import BatchScorer, ScoredBatch, Scorer
 from anomaly.stream.threshold_reload import ThresholdWatcher
@@ -94,7 +94,8 @@ class LoopState(enum.Enum):
 class StreamService:
     """One consumer-group member scoring ``config.input_topic`` with ``scorer``.
 
-    ``consumer``/``producer`` default to kafka-python clients built from the config. Call
+    ``consumer`` defaults to a kafka-python consumer built from the config, ``producer`` to
+    the client ``config.producer_client`` names (``anomaly.stream.output.make_output``). Call
     ``run()`` (blocks; returns the exit status) and ``stop()`` from a signal handler or
     another thread. ``observers`` are called with every ``ScoredBatch`` (features and scores
     of the batch just scored), in the loop thread.
@@ -115,7 +116,7 @@ class StreamService:
         self.metrics = metrics or Metrics()
         self.metrics.liveness_timeout_s = config.liveness_timeout_s
         self.batches = BatchScorer(config, scorer, self.metrics)
-        self.output = Output(config, producer)
+        self.output = make_output(config, producer)
         self.checkpoint = Checkpoint()
         self.observers: list[Callable[[ScoredBatch], None]] = []
         self.state = LoopState.RUNNING
