@@ -107,6 +107,16 @@ def top_cells_mean(cells: np.ndarray) -> np.ndarray:
     return np.sort(flat, axis=1)[:, -k:].mean(axis=1).astype(np.float32)
 
 
+def has_local_map(discriminator: keras.Model) -> bool:
+    """Whether the discriminator has the anomaly-map head (images, unless ``w_local`` is 0)."""
+    return networks.has_layer(discriminator, networks.LOCAL_LOGITS.format(discriminator.name))
+
+
+def has_rotation_head(discriminator: keras.Model) -> bool:
+    """Whether the discriminator has the rotation head (images, opt-in)."""
+    return networks.has_layer(discriminator, networks.ROTATION_LOGITS.format(discriminator.name))
+
+
 class GANomalyNet(keras.Model):
     """The trainable GANomaly: generator (E, D, E2) and discriminator in one model."""
 
@@ -138,10 +148,8 @@ class GANomalyNet(keras.Model):
         self.rotation_tracker = keras.metrics.Mean(name="rotation")
         self.w_local = float(w_local)
         self.w_rotation = float(w_rotation)
-        self.has_local = networks.has_layer(self.discriminator, "discriminator_local_logit")
-        self.has_rotation = networks.has_layer(
-            self.discriminator, networks.ROTATION_LOGITS.format("discriminator")
-        )
+        self.has_local = has_local_map(self.discriminator)
+        self.has_rotation = has_rotation_head(self.discriminator)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, x: Any, training: bool = False) -> tuple[Any, Any, Any]:
@@ -435,12 +443,12 @@ class GANomaly(GANDetector):
             disc = per_sample_mean(ops.square(real[1] - feat_fake))
             # bundles written before the anomaly map, the rotation head or the memory banks
             # score without them
-            local = [ops.sigmoid(real[2])] if self._has_local_map() else []
+            heads = [ops.sigmoid(real[2])] if self._has_local_map() else []
             if self._has_rotation_head():
                 turned = [real[-1]] + [
                     s["discriminator"](rotate(inputs, k))[-1] for k in range(1, TURNS)
                 ]
-                local.append(rotation_nll(turned))
+                heads.append(rotation_nll(turned))
             names = list(self.memory_)
             banks = self._bank_features(names)(inputs) if names else []
             by_name = dict(zip(names, banks, strict=True))
@@ -448,17 +456,15 @@ class GANomaly(GANDetector):
             if self.label_head_ is not None:
                 head = [self.label_head_([inputs, *(by_name[n] for n in BANKS)])]
             self._scorer = keras.Model(
-                inputs, [x_hat, latent, disc, *local, *banks, *head], name="ganomaly_scorer"
+                inputs, [x_hat, latent, disc, *heads, *banks, *head], name="ganomaly_scorer"
             )
         return self._scorer
 
     def _has_local_map(self) -> bool:
-        return networks.has_layer(self.subnets_["discriminator"], "discriminator_local_logit")
+        return has_local_map(self.subnets_["discriminator"])
 
     def _has_rotation_head(self) -> bool:
-        return networks.has_layer(
-            self.subnets_["discriminator"], networks.ROTATION_LOGITS.format("discriminator")
-        )
+        return has_rotation_head(self.subnets_["discriminator"])
 
     def _bank_names(self) -> tuple[str, ...]:
         """The memory banks a fit builds: the GAN's two views, and for records the input bank

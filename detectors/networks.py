@@ -14,7 +14,8 @@ from keras import layers, ops
 
 from detectors.rotation import TURNS
 
-# The name of the discriminator's rotation head (which saved networks have one)
+# The names of the discriminator's optional heads' output layers (which saved networks have one)
+LOCAL_LOGITS = "{}_local_logit"
 ROTATION_LOGITS = "{}_rotation_logits"
 
 
@@ -148,7 +149,7 @@ def conv_discriminator(
     if local_head:
         local = layers.Conv2D(filters, 3, padding="same", name=f"{name}_local_conv")(blocks[1])
         local = layers.LeakyReLU(0.2, name=f"{name}_local_act")(local)
-        outputs.append(layers.Conv2D(1, 1, name=f"{name}_local_logit", dtype="float32")(local))
+        outputs.append(layers.Conv2D(1, 1, name=LOCAL_LOGITS.format(name), dtype="float32")(local))
     if rotation_head:
         flat = layers.Flatten(name=f"{name}_rotation_flatten")(features)
         outputs.append(
